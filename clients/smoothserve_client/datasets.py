@@ -1,0 +1,143 @@
+"""Image datasets as uint8 arrays (N, C, H, W) with integer labels, read from local files only.
+
+Formats: Fashion-MNIST/MNIST idx files (``.gz`` or plain), CIFAR-10's ``cifar-10-batches-py``
+folder, and an ImageFolder tree (``root/<class>/<image>``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+REPO_SLICE_DIR = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist-slice"
+FASHION_MNIST_LABELS = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+CIFAR10_LABELS = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    images: np.ndarray  # uint8, (N, C, H, W)
+    labels: np.ndarray  # int64, (N,)
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> Dataset:
+        return Dataset(self.images[indices], self.labels[indices], self.classes)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no {stem}[.gz] in {root}")
+
+
+def load_fashion_mnist(root: Path | str | None = None, split: str = "test") -> Dataset:
+    """Fashion-MNIST from idx files; by default Debian's ``dataset-fashion-mnist`` package,
+    falling back to the slice committed in this repository."""
+    if root is None:
+        root = FASHION_MNIST_DIR if FASHION_MNIST_DIR.exists() else REPO_SLICE_DIR
+    root = Path(root)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    return Dataset(images[:, None, :, :].copy(), labels, FASHION_MNIST_LABELS)
+
+
+def load_cifar10(root: Path | str, split: str = "test") -> Dataset:
+    """CIFAR-10 from the standard ``cifar-10-batches-py`` folder (python pickles)."""
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    images, labels = [], []
+    for name in names:
+        with open(root / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    classes = CIFAR10_LABELS
+    meta = root / "batches.meta"
+    if meta.exists():
+        with open(meta, "rb") as f:
+            classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"])
+    return Dataset(np.concatenate(images), np.concatenate(labels), classes)
+
+
+def load_image(path: Path | str, channels: int | None = None) -> np.ndarray:
+    """One image file as uint8 (C, H, W): PNG/JPEG through Pillow, or a ``.npy`` array."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        array = np.load(path)
+        return array if array.ndim == 3 else array[None]
+    from PIL import Image
+
+    with Image.open(path) as image:
+        mode = {1: "L", 3: "RGB"}.get(channels or 0, "RGB" if image.mode != "L" else "L")
+        array = np.asarray(image.convert(mode), dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
+
+
+def load_image_folder(root: Path | str, channels: int = 3, size: int | None = None) -> Dataset:
+    """An ImageFolder tree: one sub-directory per class, sorted by name as torchvision does."""
+    root = Path(root)
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                image = load_image(file, channels)
+                if size is not None and image.shape[1:] != (size, size):
+                    image = _resize(image, size)
+                images.append(image)
+                labels.append(index)
+    if not images:
+        raise FileNotFoundError(f"no images under {root}")
+    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    mode = "L" if image.shape[0] == 1 else "RGB"
+    pil = Image.fromarray(image[0] if mode == "L" else image.transpose(1, 2, 0), mode)
+    array = np.asarray(pil.resize((size, size)), dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
+
+
+def load_dataset(kind: str, root: Path | str | None = None, split: str = "test") -> Dataset:
+    """Dispatch on ``kind``: ``fashion-mnist``, ``cifar10`` or ``imagefolder``."""
+    if kind == "fashion-mnist":
+        return load_fashion_mnist(root, split)
+    if root is None:
+        raise ValueError(f"dataset {kind!r} needs a root directory")
+    if kind == "cifar10":
+        return load_cifar10(root, split)
+    if kind == "imagefolder":
+        return load_image_folder(Path(root) / split if (Path(root) / split).is_dir() else root)
+    raise ValueError(f"unknown dataset kind {kind!r}")
