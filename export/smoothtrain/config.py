@@ -1,0 +1,59 @@
+"""The training configuration: one dataclass, saved in every checkpoint and model card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    arch: str = "cnn"
+    method: str = "gaussian"  # "gaussian" (Cohen et al.) or "smoothadv" (Salman et al.)
+    attack: str = "pgd"  # SmoothAdv attack: "pgd" or "ddn"
+    sigma: float = 0.25
+    epsilon: float = 0.5  # L2 radius of the attack, [0, 1] pixel units
+    num_steps: int = 2  # attack steps (k)
+    num_noise_vec: int = 2  # noise draws per input for SmoothAdv (m)
+    warmup: int = 1  # epochs over which epsilon rises linearly to its value
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.05
+    lr_step_size: int = 10
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+    train_limit: int = 0  # use only the first N training images; 0: all
+    max_batches: int = 0  # stop each epoch after N batches; 0: the whole epoch
+    eval_limit: int = 1000  # test images for the per-epoch noisy accuracy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def epsilon_at(self, epoch: int) -> float:
+        """The SmoothAdv warm-up: epsilon * min(1, (epoch + 1) / warmup), epoch from 0."""
+        if self.warmup <= 1:
+            return self.epsilon
+        return min(self.epsilon, (epoch + 1) * self.epsilon / self.warmup)
+
+    def describe(self) -> str:
+        if self.method == "gaussian":
+            return f"Gaussian augmentation, sigma={self.sigma}"
+        return (
+            f"SmoothAdv {self.attack.upper()}, sigma={self.sigma}, epsilon={self.epsilon}, "
+            f"steps={self.num_steps}, m={self.num_noise_vec}, warm-up={self.warmup} epochs"
+        )
+
+
+def run_dir_for(root: Path, name: str) -> Path:
+    return root / name
