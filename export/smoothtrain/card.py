@@ -14,7 +14,7 @@ def write_card(
     model_dir: Path, cfg: TrainConfig, command: str, wall_time_s: float, history: list[dict],
     max_diff: float, n_train: int,
 ) -> Path:  # fmt: skip
-    last = history[-1] if history else {}
+    noisy_acc = history[-1]["test_noisy_acc"] if history else float("nan")
     lines = [
         f"# {cfg.name}",
         "",
@@ -41,7 +41,7 @@ def write_card(
         ),
         f"| seed | {cfg.seed} |",
         f"| training wall time | {wall_time_s / 60:.1f} min (CPU) |",
-        f"| base accuracy under noise (last epoch) | {last.get('test_noisy_acc', float('nan')):.4f} |",
+        f"| base accuracy under noise (last epoch) | {noisy_acc:.4f} |",
         f"| max abs ORT - torch logits | {max_diff:.2e} |",
         "",
         "Input `input` float32 [N, C, H, W] in [0, 1]; output `logits` float32 [N, K].",

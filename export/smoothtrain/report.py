@@ -63,5 +63,6 @@ def model_card_results(
 ) -> str:
     text = f"Certified accuracy ({settings}):\n\n{accuracy_table({name: rows})}\n"
     if empirical:
-        text += f"\nEmpirical robust accuracy (SmoothAdv PGD):\n\n{empirical_table({name: empirical})}\n"
+        table = empirical_table({name: empirical})
+        text += f"\nEmpirical robust accuracy (SmoothAdv PGD):\n\n{table}\n"
     return text
