@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
+
 from smoothserve.certify import predict
 from smoothserve_client.datasets import Dataset
 from smoothserve_client.results import Row
-from torch import nn
-from tqdm import tqdm
 
 from .attacks import pgd_l2
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smoothserve.model_config import SmoothModelConfig
 from torch import nn
+
+from smoothserve.model_config import SmoothModelConfig
 
 from .config import TrainConfig
 

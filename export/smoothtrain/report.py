@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from smoothserve_client.results import Row, accuracy_table, certified_accuracy
 
 from .config import TrainConfig

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from smoothserve_client.datasets import load_dataset
 from smoothserve_client.results import (
     DEFAULT_RADII,
@@ -228,6 +229,7 @@ def _document(args, argv, curves, models, empirical, throughput, timing, setting
 def _radius_cap(n: int, alpha: float) -> float:
     """The largest radius CERTIFY can give with n samples, in units of sigma."""
     from scipy.stats import norm
+
     from smoothserve.certify import lower_confidence_bound
 
     return float(norm.ppf(lower_confidence_bound(n, n, alpha)))

@@ -1,0 +1,107 @@
+"""Assembles the server: backend -> schedulers -> data plane -> gRPC, plus health,
+reflection and metrics, and shuts it down cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from smoothserve_client.api.v1 import smoothserve_pb2 as pb
+from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
+
+from .backends import create_backend
+from .config import ServerConfig
+from .dataplane import DataPlane
+from .metrics import Metrics
+from .scheduler import BatchScheduler
+from .transport.servicer import SmoothServeServicer
+
+log = logging.getLogger("smoothserve")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmoothServe"].full_name
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.backend = create_backend(config)
+        self.health = health.aio.HealthServicer()
+        self.schedulers: dict[tuple[str, str], BatchScheduler] = {}
+        self.grpc_server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = -1
+
+    async def start(self) -> None:
+        c = self.config
+        models = await self.backend.start()
+        if c.default_model and c.default_model not in models:
+            raise SystemExit(f"default model {c.default_model!r} not in {sorted(models)}")
+        for versions in models.values():
+            for model in versions.values():
+                scheduler = BatchScheduler(
+                    model, self.backend, self.metrics, c.batch_size, c.pipeline_depth
+                )
+                scheduler.start()
+                self.schedulers[(model.name, model.version)] = scheduler
+        plane = DataPlane(models, self.schedulers, c, self.metrics)
+
+        self.grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", c.max_message_bytes),
+            ]
+        )
+        pb_grpc.add_SmoothServeServicer_to_server(
+            SmoothServeServicer(plane, self.backend.name), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+        self.port = self.grpc_server.add_insecure_port(f"{c.host}:{c.port}")
+        await self.grpc_server.start()
+        if c.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        await self.health.set(SERVICE_NAME, serving)
+        log.info(
+            "serving %s on %s:%d (backend %s), metrics on port %d",
+            ", ".join(sorted(models)), c.host, self.port, self.backend.name, self.metrics_port,
+        )
+        if c.ready_file:
+            c.ready_file.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.grpc_server:
+            await self.grpc_server.stop(grace)
+        for scheduler in self.schedulers.values():
+            await scheduler.close()
+        await self.backend.close()
+
+
+async def serve(config: ServerConfig) -> None:
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = ServerConfig.from_args(argv)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))

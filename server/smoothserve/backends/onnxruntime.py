@@ -1,0 +1,79 @@
+"""The embedded backend: ONNX Runtime in the server process, no other process needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import repository
+from ..repository import ModelVersion
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+
+def default_providers() -> list[str]:
+    """CUDA when the GPU build of onnxruntime is installed, else CPU; always explicit."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_repo: Path,
+        providers: tuple[str, ...] | list[str] = (),
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        max_concurrent_batches: int = 2,
+    ) -> None:
+        self.model_repo = Path(model_repo)
+        self.providers = list(providers) or default_providers()
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        # ONNX Runtime releases the GIL in run(); these threads let batches overlap.
+        self._executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="ort")
+        self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
+
+    async def start(self) -> dict[str, dict[str, ModelVersion]]:
+        models = repository.scan(self.model_repo)
+        for versions in models.values():
+            for model in versions.values():
+                self._sessions[(model.name, model.version)] = self._load(model)
+        return models
+
+    def _load(self, model: ModelVersion) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(model.path), options, providers=self.providers)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if [i.name for i in inputs] != [model.config.input_name]:
+            raise ValueError(f"{model.path}: inputs {[i.name for i in inputs]}, config says {model.config.input_name!r}")
+        if model.config.output_name not in [o.name for o in outputs]:
+            raise ValueError(f"{model.path}: no output {model.config.output_name!r}")
+        log.info("loaded %s version %s on %s", model.name, model.version, session.get_providers())
+        return session
+
+    async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        session = self._sessions[(model.name, model.version)]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._argmax, session, model, batch)
+
+    @staticmethod
+    def _argmax(session: ort.InferenceSession, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        (logits,) = session.run([model.config.output_name], {model.config.input_name: batch})
+        return logits.argmax(axis=1)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,133 @@
+"""Server configuration: every option is a command-line flag and an environment variable.
+
+The table of options below is the single source of the CLI, the environment variables and
+the configuration reference in ``docs/operations.md`` (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "SMOOTHSERVE_"
+
+
+def _option(default, help: str, type=None, choices=None):  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repo: Path = _option(Path("model_repo"), "Model repository (Triton layout).", Path)
+    default_model: str = _option("", "Model used when a request names none; empty: the only or first model.", str)
+    host: str = _option("0.0.0.0", "Address the gRPC server binds.", str)
+    port: int = _option(50051, "gRPC port; 0 picks a free one.", int)
+    metrics_host: str = _option("0.0.0.0", "Address the Prometheus metrics server binds.", str)
+    metrics_port: int = _option(9464, "Prometheus metrics port; 0 picks a free one, -1 disables.", int)
+    backend: str = _option("onnxruntime", "Backend that runs the base network.", str, ("onnxruntime", "triton"))
+    triton_urls: tuple[str, ...] = _option((), "Triton gRPC endpoints, comma-separated host:port.", _csv)
+    batch_size: int = _option(256, "Noisy samples per backend batch.", int)
+    pipeline_depth: int = _option(2, "Backend batches in flight per model.", int)
+    intra_op_threads: int = _option(0, "ONNX Runtime intra-op threads; 0: one per core.", int)
+    inter_op_threads: int = _option(1, "ONNX Runtime inter-op threads.", int)
+    providers: tuple[str, ...] = _option((), "ONNX Runtime execution providers, comma-separated; empty: CUDA if installed, else CPU.", _csv)
+    default_n0: int = _option(100, "Selection samples when a request sets none.", int)
+    default_n: int = _option(10_000, "Estimation samples when a request sets none.", int)
+    default_alpha: float = _option(0.001, "Failure probability when a request sets none.", float)
+    max_n0: int = _option(100_000, "Largest n0 a request may ask for.", int)
+    max_n: int = _option(1_000_000, "Largest n a request may ask for.", int)
+    max_message_bytes: int = _option(16 * 1024 * 1024, "Largest request message, in bytes.", int)
+    ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
+    log_level: str = _option("INFO", "Logging level.", str, ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @staticmethod
+    def flag_name(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    @classmethod
+    def options(cls) -> list[tuple[str, str, object, str]]:
+        """(flag, environment variable, default, help) for every option."""
+        return [
+            (cls.flag_name(f.name), cls.env_name(f.name), f.default, f.metadata["help"])
+            for f in fields(cls)
+        ]
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            prog="smoothserve",
+            description="Certified inference server (randomized smoothing) over gRPC.",
+            epilog=f"Every flag can also be set by an environment variable {ENV_PREFIX}<NAME>.",
+        )
+        for f in fields(cls):
+            parser.add_argument(
+                cls.flag_name(f.name),
+                dest=f.name,
+                type=f.metadata["type"],
+                choices=f.metadata["choices"],
+                default=None,
+                help=f"{f.metadata['help']} (env {cls.env_name(f.name)}; default: {_show(f.default)})",
+            )
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+        """Flags override environment variables, which override defaults."""
+        environ = os.environ if environ is None else environ
+        parser = cls.parser()
+        args = parser.parse_args(argv)
+        values = {}
+        for f in fields(cls):
+            value = getattr(args, f.name)
+            if value is None and cls.env_name(f.name) in environ:
+                raw = environ[cls.env_name(f.name)]
+                try:
+                    value = f.metadata["type"](raw)
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    parser.error(f"{cls.env_name(f.name)}={raw!r}: {exc}")
+                if f.metadata["choices"] and value not in f.metadata["choices"]:
+                    parser.error(f"{cls.env_name(f.name)} must be one of {f.metadata['choices']}")
+            if value is not None:
+                values[f.name] = value
+        config = cls(**values)
+        problems = config.problems()
+        if problems:
+            parser.error("; ".join(problems))
+        return config
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in ("batch_size", "pipeline_depth", "default_n0", "default_n", "max_n0", "max_n"):
+            if getattr(self, name) < 1:
+                found.append(f"{name} must be at least 1")
+        if not 0 < self.default_alpha < 0.5:
+            found.append("default_alpha must lie in (0, 0.5)")
+        if self.default_n > self.max_n or self.default_n0 > self.max_n0:
+            found.append("defaults must not exceed the maxima")
+        if self.backend == "triton" and not self.triton_urls:
+            found.append("the triton backend needs --triton-urls")
+        return found
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "(empty)"
+    return "(none)" if value is None else str(value)

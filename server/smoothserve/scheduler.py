@@ -1,0 +1,186 @@
+"""Packs the noisy samples of all in-flight requests into backend batches.
+
+Each request is a job: an input, a count of samples still to draw and its own noise
+generator. Batches are cut round-robin across jobs, each getting an equal share of a batch,
+so eight concurrent requests fill batches together and a large request cannot starve small
+ones. Noise is generated one batch at a time, never n copies at once; a single noise thread
+keeps each job's draws in order, so seeded requests are reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend
+from .metrics import Metrics
+from .noise import fill_noisy
+from .repository import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    x: np.ndarray
+    rng: np.random.Generator
+    remaining: int
+    counts: np.ndarray
+    future: asyncio.Future
+    in_flight: int = 0
+    done: bool = field(default=False)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.done = True
+        if not self.future.done():
+            if error is None:
+                self.future.set_result(self.counts)
+            else:
+                self.future.set_exception(error)
+
+
+class BatchScheduler:
+    """One per served model: turns ``count(x, num, rng)`` calls into shared backend batches."""
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        backend: Backend,
+        metrics: Metrics,
+        batch_size: int = 256,
+        pipeline_depth: int = 2,
+    ) -> None:
+        self.model = model
+        self.backend = backend
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self._jobs: deque[_Job] = deque()
+        self._work = asyncio.Event()
+        self._free: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        for _ in range(pipeline_depth):
+            self._free.put_nowait(np.empty((batch_size, *model.config.input_shape), np.float32))
+        self._noise_thread = ThreadPoolExecutor(1, thread_name_prefix=f"noise-{model.name}")
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name=f"scheduler-{self.model.name}")
+
+    async def close(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for job in self._jobs:
+            job.finish(asyncio.CancelledError())
+        self._noise_thread.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._jobs)
+
+    async def count(self, x: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+        """Votes of f on ``num`` noisy copies x + N(0, sigma^2 I), one count per class.
+
+        If the caller is cancelled, the job leaves the queue at once and draws no more samples.
+        """
+        counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
+        job = _Job(x, rng, num, counts, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
+        self._work.set()
+        try:
+            return await job.future
+        finally:
+            job.done = True
+            self._drop(job)
+
+    def _drop(self, job: _Job) -> None:
+        with contextlib.suppress(ValueError):
+            self._jobs.remove(job)
+        self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
+
+    async def _run(self) -> None:
+        while True:
+            if not any(job.remaining for job in self._jobs):
+                self._work.clear()
+                await self._work.wait()
+                continue
+            buffer = await self._free.get()
+            segments = self._cut_batch()
+            if not segments:
+                self._free.put_nowait(buffer)
+                continue
+            task = asyncio.create_task(self._process(buffer, segments))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _cut_batch(self) -> list[tuple[_Job, int]]:
+        """Round-robin: every waiting job gets an equal share of the batch, then leftovers."""
+        segments: dict[_Job, int] = {}
+        space = self.batch_size
+        while space:
+            waiting = [job for job in self._jobs if job.remaining and not job.done]
+            if not waiting:
+                break
+            share = max(1, math.ceil(space / len(waiting)))
+            for job in waiting:
+                take = min(share, job.remaining, space)
+                job.remaining -= take
+                job.in_flight += take
+                segments[job] = segments.get(job, 0) + take
+                space -= take
+                if not space:
+                    break
+        self._jobs.rotate(-1)  # the next batch starts with another job
+        return list(segments.items())
+
+    def _fill(self, buffer: np.ndarray, segments: list[tuple[_Job, int]]) -> int:
+        offset = 0
+        sigma = self.model.config.sigma
+        for job, size in segments:
+            fill_noisy(buffer[offset : offset + size], job.x, sigma, job.rng)
+            offset += size
+        return offset
+
+    async def _process(self, buffer: np.ndarray, segments: list[tuple[_Job, int]]) -> None:
+        name = self.model.name
+        try:
+            loop = asyncio.get_running_loop()
+            size = await loop.run_in_executor(self._noise_thread, self._fill, buffer, segments)
+            started = time.perf_counter()
+            classes = await self.backend.classify(self.model, buffer[:size])
+            self.metrics.backend_latency.labels(name, self.backend.name).observe(
+                time.perf_counter() - started
+            )
+            self.metrics.noisy_samples.labels(name).inc(size)
+            self.metrics.batch_size.labels(name).observe(size)
+            self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
+            offset = 0
+            num_classes = self.model.config.num_classes
+            for job, take in segments:
+                votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
+                offset += take
+                job.in_flight -= take
+                if job.done:
+                    continue
+                job.counts += votes[:num_classes]
+                if job.remaining == 0 and job.in_flight == 0:
+                    job.finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the backend failed: every job in this batch fails with it
+            log.warning("batch of %s failed: %s", name, exc)
+            for job, _ in segments:
+                job.finish(exc)
+                self._drop(job)
+        finally:
+            self._free.put_nowait(buffer)

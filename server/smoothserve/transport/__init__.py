@@ -1,0 +1,1 @@
+"""The gRPC transport: protobuf in, data-plane calls, protobuf out, errors as statuses."""

@@ -1,0 +1,45 @@
+"""ONNX models built by hand for tests: their smoothed behaviour is known exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from smoothserve.model_config import SmoothModelConfig
+
+
+def write_linear_model(
+    repo: Path, name: str, w: np.ndarray, b: float, sigma: float, shape: tuple[int, ...]
+) -> Path:
+    """A two-class linear classifier: class 1 where w.x + b > 0, else class 0.
+
+    Its smoothed classifier is itself, and its exact certified radius at x is |w.x + b|/||w||.
+    Logits are [0, w.x + b], so ties (w.x + b = 0) go to class 0.
+    """
+    flat = int(np.prod(shape))
+    weights = np.zeros((flat, 2), dtype=np.float32)
+    weights[:, 1] = np.asarray(w, dtype=np.float32).reshape(flat)
+    bias = np.array([0.0, b], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, model_dir / "1" / "model.onnx")
+    SmoothModelConfig(
+        name=name, sigma=sigma, labels=("negative", "positive"), input_shape=tuple(shape)
+    ).write(model_dir)
+    return model_dir
