@@ -22,10 +22,7 @@ def write_card(
         "",
         "| field | value |",
         "|---|---|",
-        (
-            f"| data | {cfg.dataset} (`{cfg.data_root or 'default location'}`), "
-            f"{n_train} training images |"
-        ),
+        (f"| data | {cfg.dataset} (`{_data_root(cfg)}`), {n_train} training images |"),
         f"| architecture | `{cfg.arch}`, normalisation inside the graph |",
         f"| method | {cfg.method}"
         + (f" ({cfg.attack})" if cfg.method == "smoothadv" else "")
@@ -70,3 +67,13 @@ def set_results(model_dir: Path, markdown: str) -> None:
     text = path.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
     path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{markdown.strip()}\n{END}", text))
+
+
+def _data_root(cfg: TrainConfig) -> str:
+    if cfg.data_root:
+        return cfg.data_root
+    if cfg.dataset == "fashion-mnist":
+        from smoothserve_client.datasets import FASHION_MNIST_DIR, REPO_SLICE_DIR
+
+        return str(FASHION_MNIST_DIR if FASHION_MNIST_DIR.exists() else REPO_SLICE_DIR)
+    return "default"

@@ -7,6 +7,7 @@ smoothed soft classifier, in torch, followed by PREDICT on the adversarial input
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,7 +45,11 @@ def certify_models(
     from smoothserve_client.dataset import certify_dataset
 
     results: dict[str, tuple[list[Row], float]] = {}
-    with ServerProcess(model_repo=Path(model_repo), args=list(server_args)) as server:
+    root = Path(__file__).resolve().parents[2]
+    paths = [str(root / "server"), str(root / "clients"), os.environ.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    server = ServerProcess(model_repo=Path(model_repo), args=list(server_args), env=env)
+    with server:
         client = SmoothServeClient(server.address)
         try:
             for name in names:
