@@ -15,11 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
+from .admission import Admission
 from .backends import create_backend
 from .config import ServerConfig
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .scheduler import BatchScheduler
+from .transport.auth import BearerTokenInterceptor, server_credentials, tokens_from_config
+from .transport.malformed import MalformedRequestInterceptor
 from .transport.servicer import SmoothServeServicer
 
 log = logging.getLogger("smoothserve")
@@ -34,6 +37,9 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.schedulers: dict[tuple[str, str], BatchScheduler] = {}
         self.grpc_server: grpc.aio.Server | None = None
+        self.admission = Admission(
+            config.max_samples_in_flight, config.max_concurrent_requests, self.metrics
+        )
         self.port = 0
         self.metrics_port = -1
 
@@ -49,13 +55,21 @@ class Server:
                 )
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
-        plane = DataPlane(models, self.schedulers, c, self.metrics)
+        self.plane = plane = DataPlane(models, self.schedulers, c, self.metrics, self.admission)
 
+        try:
+            tokens = tokens_from_config(c)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"authentication: {exc}") from None
         self.grpc_server = grpc.aio.server(
+            interceptors=[
+                *([BearerTokenInterceptor(tokens)] if tokens else []),
+                MalformedRequestInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
-            ]
+            ],
         )
         pb_grpc.add_SmoothServeServicer_to_server(
             SmoothServeServicer(plane, self.backend.name), self.grpc_server
@@ -64,7 +78,14 @@ class Server:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
-        self.port = self.grpc_server.add_insecure_port(f"{c.host}:{c.port}")
+        address = f"{c.host}:{c.port}"
+        if c.tls_cert and c.tls_key:
+            credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        if tokens and not c.tls_cert:
+            log.warning("bearer tokens over plaintext gRPC: anyone on the path can read them")
         await self.grpc_server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
@@ -78,10 +99,17 @@ class Server:
         if c.ready_file:
             c.ready_file.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
 
-    async def stop(self, grace: float | None = 5.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING and new Predict calls UNAVAILABLE while admitted ones
+        finish, for up to ``grace`` seconds (default: the configured grace period); then
+        whatever is still running is cancelled and the port closes."""
+        grace = self.config.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        drained = await self.admission.drain(grace)
+        if not drained:
+            log.warning("grace period over: cancelling %d requests", self.admission.requests)
         if self.grpc_server:
-            await self.grpc_server.stop(grace)
+            await self.grpc_server.stop(0.5 if drained else 0)
         for scheduler in self.schedulers.values():
             await scheduler.close()
         await self.backend.close()
@@ -95,7 +123,7 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: draining for up to %.1f s", config.grace_period_s)
     await server.stop()
 
 

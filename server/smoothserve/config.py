@@ -14,8 +14,11 @@ from pathlib import Path
 ENV_PREFIX = "SMOOTHSERVE_"
 
 
-def _option(default, help: str, type=None, choices=None):  # noqa: A002 - mirrors argparse
-    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+def _option(default, help: str, type=None, choices=None, secret: bool = False):  # noqa: A002
+    """A config field; ``secret`` keeps the value out of ``repr`` (and so out of logs)."""
+    return field(
+        default=default, repr=not secret, metadata={"help": help, "type": type, "choices": choices}
+    )
 
 
 def _bool(value: str) -> bool:
@@ -51,6 +54,14 @@ class ServerConfig:
     max_n0: int = _option(100_000, "Largest n0 a request may ask for.", int)
     max_n: int = _option(1_000_000, "Largest n a request may ask for.", int)
     max_message_bytes: int = _option(16 * 1024 * 1024, "Largest request message, in bytes.", int)
+    max_samples_in_flight: int = _option(4_000_000, "Noisy samples (n0 + n) admitted across all requests at once; a request that would exceed it gets RESOURCE_EXHAUSTED instead of queueing.", int)
+    max_concurrent_requests: int = _option(256, "Predict requests served at once; more get RESOURCE_EXHAUSTED.", int)
+    grace_period_s: float = _option(25.0, "On SIGTERM, seconds in-flight requests may take to finish before they are cancelled.", float)
+    tls_cert: Path | None = _option(None, "PEM certificate chain of the gRPC port; with --tls-key, enables TLS.", Path)
+    tls_key: Path | None = _option(None, "PEM private key for --tls-cert.", Path)
+    tls_client_ca: Path | None = _option(None, "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).", Path)
+    auth_tokens_file: Path | None = _option(None, "File of bearer tokens, one per line ('#' comments); when set (or with --auth-tokens), calls need 'authorization: Bearer <token>'.", Path)
+    auth_tokens: tuple[str, ...] = _option((), "Bearer tokens, comma-separated; prefer the environment variable or the file, a flag shows in ps.", _csv, secret=True)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
     log_level: str = _option("INFO", "Logging level.", str, ("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -122,6 +133,14 @@ class ServerConfig:
             found.append("default_alpha must lie in (0, 0.5)")
         if self.default_n > self.max_n or self.default_n0 > self.max_n0:
             found.append("defaults must not exceed the maxima")
+        if self.max_samples_in_flight < self.max_n0 + self.max_n:
+            found.append("max_samples_in_flight must be at least max_n0 + max_n")
+        if self.max_concurrent_requests < 1 or self.grace_period_s < 0:
+            found.append("max_concurrent_requests must be at least 1, grace_period_s at least 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            found.append("--tls-client-ca needs --tls-cert and --tls-key")
         if self.backend == "triton" and not self.triton_urls:
             found.append("the triton backend needs --triton-urls")
         return found

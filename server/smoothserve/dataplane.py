@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import certify as stats
+from .admission import Admission
 from .config import ServerConfig
 from .errors import InvalidArgument, NotFound
 from .metrics import Metrics
@@ -63,11 +64,15 @@ class DataPlane:
         schedulers: dict[tuple[str, str], BatchScheduler],
         config: ServerConfig,
         metrics: Metrics,
+        admission: Admission | None = None,
     ) -> None:
         self.models = models
         self.schedulers = schedulers
         self.config = config
         self.metrics = metrics
+        self.admission = admission or Admission(
+            config.max_samples_in_flight, config.max_concurrent_requests, metrics
+        )
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         name = name or self.default_model_name()
@@ -95,15 +100,25 @@ class DataPlane:
         scheduler = self.schedulers[(model.name, model.version)]
         rng = noise_generator(request.seed)
         sigma = model.config.sigma
-        if mode == CERTIFY:
-            selection = await scheduler.count(x, n0, rng)
-            estimation = await scheduler.count(x, n, rng)
-            result = stats.certify(selection, estimation, sigma, alpha)
-            radius, p_a_lower, p_value = result.radius, result.p_a_lower, 0.0
-        else:
-            selection, estimation = None, await scheduler.count(x, n, rng)
-            result = stats.predict(estimation, alpha)
-            radius, p_a_lower, p_value = 0.0, 0.0, result.p_value
+        ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n)
+        estimating = False
+        try:
+            if mode == CERTIFY:
+                selection = await scheduler.count(x, n0, rng)
+                ticket.release(n0)
+                estimating = True
+                estimation = await scheduler.count(x, n, rng)
+                result = stats.certify(selection, estimation, sigma, alpha)
+                radius, p_a_lower, p_value = result.radius, result.p_a_lower, 0.0
+            else:
+                estimating = True
+                selection, estimation = None, await scheduler.count(x, n, rng)
+                result = stats.predict(estimation, alpha)
+                radius, p_a_lower, p_value = 0.0, 0.0, result.p_value
+        finally:
+            ticket.close()
+            if not estimating:  # failed or cancelled before the estimation phase began
+                self.metrics.samples_abandoned.labels(model.name).inc(n)
         labels = model.config.labels
         return PredictOutput(
             prediction=result.prediction,

@@ -19,8 +19,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "smoothserve_requests", "Predict requests by model, mode and outcome "
-            "(certified, abstained or error).", ["model", "mode", "outcome"], registry=r,
+            "smoothserve_requests", "Predict requests by model, mode and outcome (certified, "
+            "abstained, error, rejected, cancelled or deadline_exceeded).",
+            ["model", "mode", "outcome"], registry=r,
         )  # fmt: skip
         self.request_latency = Histogram(
             "smoothserve_request_latency_seconds", "Server-side time per Predict request.",
@@ -53,6 +54,18 @@ class Metrics:
         self.in_progress = Gauge(
             "smoothserve_requests_in_progress", "Predict requests being served.", registry=r
         )
+        self.samples_in_flight = Gauge(
+            "smoothserve_samples_in_flight", "Noisy samples admitted and not yet classified "
+            "(released per CERTIFY phase), across all models.", registry=r,
+        )  # fmt: skip
+        self.samples_abandoned = Counter(
+            "smoothserve_samples_abandoned", "Admitted noisy samples never drawn because their "
+            "request was cancelled, ran past its deadline or failed.", ["model"], registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "smoothserve_requests_rejected", "Predict requests refused before sampling, by reason "
+            "(samples_in_flight, concurrent_requests, shutting_down).", ["reason"], registry=r,
+        )  # fmt: skip
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server in a thread; return the bound port."""

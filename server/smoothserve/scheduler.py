@@ -102,6 +102,8 @@ class BatchScheduler:
         finally:
             job.done = True
             self._drop(job)
+            if job.remaining:  # cancelled or failed: these samples are never drawn
+                self.metrics.samples_abandoned.labels(self.model.name).inc(job.remaining)
 
     def _drop(self, job: _Job) -> None:
         with contextlib.suppress(ValueError):

@@ -121,14 +121,28 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         outcome = "error"
         metrics.in_progress.inc()
         try:
-            out = await self.plane.predict(to_input(request))
+            log.debug(
+                "Predict model=%r mode=%s shape=%s dtype=%s bytes=%d n0=%s n=%s seeded=%s",
+                model, mode, list(request.input.shape), request.input.dtype,
+                len(request.input.data), request.options.n0, request.options.n,
+                request.options.HasField("seed"),
+            )  # fmt: skip - a summary only: inputs and seeds never reach the log
+            # The server keeps the client's deadline itself, so no sample is drawn for an
+            # answer nobody waits for even if the cancellation from gRPC arrives late.
+            out = await asyncio.wait_for(
+                self.plane.predict(to_input(request)), context.time_remaining()
+            )
             model = out.model.name
             outcome = "abstained" if out.abstain else "certified"
             if mode == CERTIFY and not out.abstain:
                 metrics.certified_radius.labels(model).observe(out.radius)
             return to_response(out)
         except SmoothServeError as error:
+            outcome = "rejected" if isinstance(error, (ResourceExhausted, Unavailable)) else outcome
             await context.abort(status_of(error), str(error))
+        except asyncio.TimeoutError:
+            outcome = "deadline_exceeded"
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise

@@ -1,0 +1,91 @@
+"""Bytes that do not parse as the method's request message get INVALID_ARGUMENT.
+
+Left alone, grpc.aio answers a protobuf ``DecodeError`` with UNKNOWN; this interceptor
+wraps every handler's request deserializer so a malformed message becomes a clear status,
+for SmoothServe and the health and reflection services alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+DETAILS = "the request is not a valid protobuf message for {method}"
+
+
+class _Malformed:
+    """Stands in for a request that failed to deserialize."""
+
+
+MALFORMED = _Malformed()
+
+
+def _safe(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, but a deserializer may raise anything on junk
+            return MALFORMED
+
+    return parse
+
+
+def _wrap(behavior, first: Callable):
+    """``behavior`` with ``first(request_or_iterator, context)`` applied to its input; keeps
+    the kind of callable (coroutine or async generator) grpc.aio dispatches on."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request, context: grpc.aio.ServicerContext):
+            async for response in behavior(await first(request, context), context):
+                yield response
+
+        return stream
+
+    async def call(request, context: grpc.aio.ServicerContext):
+        return await behavior(await first(request, context), context)
+
+    return call
+
+
+def _check_one(details: str):
+    async def check(request, context: grpc.aio.ServicerContext):
+        if request is MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+        return request
+
+    return check
+
+
+def _check_each(details: str):
+    async def check(requests: AsyncIterator, context: grpc.aio.ServicerContext):
+        async def each():
+            async for request in requests:
+                if request is MALFORMED:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+                yield request
+
+        return each()
+
+    return check
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        details = DETAILS.format(method=handler_call_details.method)
+        check = _check_each(details) if handler.request_streaming else _check_one(details)
+        kind = next(
+            k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, k) is not None
+        )  # fmt: skip
+        return handler._replace(
+            request_deserializer=_safe(handler.request_deserializer),
+            **{kind: _wrap(getattr(handler, kind), check)},
+        )
