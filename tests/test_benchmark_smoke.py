@@ -1,0 +1,24 @@
+"""The benchmark at tiny n, so it cannot rot. Figures come from the full run, not from here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_quick_run(linear_repo, tmp_path) -> None:
+    out = tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run_benchmark.py"), "--quick",
+         "--model-repo", str(linear_repo), "--checkpoint-dir", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "raw ONNX Runtime images/s" in result.stdout
+    assert "end to end: 32 clients" in result.stdout
+    assert "ratio server ÷ raw, 8 clients" in result.stdout
+    assert "peak server RSS" in result.stdout
+    assert not out.exists()  # a quick run writes no report
