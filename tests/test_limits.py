@@ -93,6 +93,7 @@ def test_oversized_message_gets_a_clear_status(server):
             client.predict("lin", huge, n=10)
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "larger than max" in info.value.details, info.value.details
+        assert "--max-message-bytes" in info.value.details
         assert client.predict("lin", CLEAR_INPUT, n0=10, n=100).prediction == 1
 
 

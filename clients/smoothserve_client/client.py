@@ -165,7 +165,13 @@ class SmoothServeClient:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise SmoothServeError(error.code(), error.details()) from None
+            details = error.details() or ""
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+                details += (
+                    " -- the message exceeds a size limit: the server's --max-message-bytes"
+                    " or this client's max_message_bytes"
+                )
+            raise SmoothServeError(error.code(), details) from None
 
     def predict(
         self,

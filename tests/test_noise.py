@@ -1,0 +1,177 @@
+"""The noise is sound: Gaussian at the configured sigma, independent, unpredictable without
+a seed, and exactly reproducible with one, whatever the batching or concurrency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from models import write_histogram_model
+from scipy import stats
+
+from smoothserve.noise import fill_noisy, noise_generator
+from smoothserve.testing import ServerProcess
+from smoothserve_client.client import SmoothServeClient
+
+SIGMA = 0.25
+SHAPE = (1, 8, 8)
+Z = 5.5  # standard errors allowed on a mean: a false alarm about once in 25 million runs
+P_MIN = 1e-6  # smallest p-value a goodness-of-fit test may give
+# Bins of width sigma/2 around 0 (on z - mean), the outer two open: z is binned exactly.
+EDGES = np.arange(-8, 9) * SIGMA / 2
+# Nearest-centre bins: each edge is the midpoint of the two centres around it.
+CENTERS = np.concatenate(
+    [[EDGES[0] - SIGMA / 4], (EDGES[:-1] + EDGES[1:]) / 2, [EDGES[-1] + SIGMA / 4]]
+)
+
+
+def _bin_probabilities(scale: float) -> np.ndarray:
+    cdf = stats.norm.cdf(np.concatenate([[-np.inf], EDGES, [np.inf]]), scale=scale)
+    return np.diff(cdf)
+
+
+# fill_noisy itself --------------------------------------------------------------------
+
+
+def test_fill_noisy_is_gaussian_at_sigma():
+    rng = noise_generator()
+    x = rng.uniform(0, 1, SHAPE).astype(np.float32)
+    out = np.empty((65_536, *SHAPE), np.float32)  # 4.2 million draws
+    fill_noisy(out, x, SIGMA, rng)
+    noise = (out.astype(np.float64) - x).ravel()
+    count = noise.size
+    assert abs(noise.mean()) < Z * SIGMA / np.sqrt(count)
+    variance_se = SIGMA**2 * np.sqrt(2 / count)
+    assert abs(noise.var() - SIGMA**2) < Z * variance_se
+    assert stats.kstest(noise, stats.norm(scale=SIGMA).cdf).pvalue > P_MIN
+    assert stats.normaltest(noise).pvalue > P_MIN  # skewness and kurtosis of a normal
+    # Neighbouring pixels and consecutive rows are uncorrelated.
+    rows = out.reshape(len(out), -1).astype(np.float64) - x.reshape(-1)
+    for a, b in ((rows[:, :-1], rows[:, 1:]), (rows[:-1], rows[1:])):
+        r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert abs(r) < Z / np.sqrt(a.size)
+
+
+def test_batching_does_not_change_a_seeded_stream():
+    x = np.full(SHAPE, 0.5, np.float32)
+    whole = np.empty((1000, *SHAPE), np.float32)
+    fill_noisy(whole, x, SIGMA, noise_generator(42))
+    pieces, rng, start = np.empty_like(whole), noise_generator(42), 0
+    for size in (7, 1, 256, 3, 733):
+        fill_noisy(pieces[start : start + size], x, SIGMA, rng)
+        start += size
+    assert np.array_equal(whole, pieces)
+
+
+def test_unseeded_generators_never_repeat():
+    first = {noise_generator().standard_normal(4).tobytes() for _ in range(10_000)}
+    assert len(first) == 10_000
+    entropy = [noise_generator().bit_generator.seed_seq.entropy for _ in range(100)]
+    assert len(set(entropy)) == 100 and min(entropy) > 2**64  # 128 bits from the OS
+
+
+def test_two_processes_draw_independent_noise():
+    code = (
+        "import sys; from smoothserve.noise import noise_generator; "
+        "sys.stdout.buffer.write(noise_generator().standard_normal(200_000).tobytes())"
+    )
+    streams = [
+        np.frombuffer(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                     check=True).stdout)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert len(streams[0]) == 200_000 and not np.array_equal(*streams)
+    assert abs(np.corrcoef(*streams)[0, 1]) < Z / np.sqrt(200_000)
+
+
+# The noise a live server adds ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("noise")
+    pixel = np.zeros(64)
+    pixel[27] = 1.0  # z = x[27] + noise[27]
+    write_histogram_model(repo, "pixel", pixel, CENTERS + 0.5, SIGMA, SHAPE)
+    # z = mean(x) * 8 + sum(noise) / 8 ~ N(4, sigma^2) only if the 64 draws are independent
+    write_histogram_model(repo, "sum", np.full(64, 1 / 8), CENTERS + 4.0, SIGMA, SHAPE)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def servers(repo):
+    with ServerProcess(repo, ["--batch-size", "1024"]) as big, ServerProcess(
+        repo, ["--batch-size", "7", "--pipeline-depth", "1", "--max-n", "20000"]
+    ) as small:
+        yield big, small
+
+
+GREY = np.full(SHAPE, 0.5, np.float32)
+
+
+@pytest.mark.parametrize(("model", "n"), [("pixel", 1_000_000), ("sum", 500_000)])
+def test_live_noise_is_gaussian_at_sigma(servers, model, n):
+    with SmoothServeClient(servers[0].address, timeout=120) as client:
+        result = client.predict(model, GREY, mode="predict", n=n)
+    counts = np.array(result.counts)
+    assert result.sigma == SIGMA and counts.sum() == n
+    expected = _bin_probabilities(SIGMA) * n
+    assert stats.chisquare(counts, expected).pvalue > P_MIN
+    # Mean: half above the centre; variance: P(|z - mean| < sigma) = 68.27 %.
+    for observed, p in ((counts[9:].sum() / n, 0.5), (counts[7:11].sum() / n, 0.6827)):
+        assert abs(observed - p) < Z * np.sqrt(p * (1 - p) / n)
+    # A sigma 10 % off would be rejected outright.
+    assert stats.chisquare(counts, _bin_probabilities(1.1 * SIGMA) * n).pvalue < P_MIN
+
+
+def _above(client: SmoothServeClient, n: int) -> int:
+    return sum(client.predict("pixel", GREY, mode="predict", n=n).counts[9:])
+
+
+def test_requests_and_processes_are_independent(servers):
+    big, small = servers
+    with SmoothServeClient(big.address) as a, SmoothServeClient(small.address) as b:
+        runs_a = np.array([_above(a, 64) for _ in range(200)], float)
+        runs_b = np.array([_above(b, 64) for _ in range(200)], float)
+    bound = Z / np.sqrt(200)
+    assert abs(np.corrcoef(runs_a[:-1], runs_a[1:])[0, 1]) < bound  # consecutive requests
+    assert abs(np.corrcoef(runs_a, runs_b)[0, 1]) < bound  # two server processes
+    assert not np.array_equal(runs_a, runs_b)
+    # Each count is Binomial(64, 1/2), variance 16: no hidden reuse shrinks the spread.
+    for runs in (runs_a, runs_b):
+        statistic = (len(runs) - 1) * runs.var(ddof=1) / 16
+        tail = stats.chi2.cdf(statistic, len(runs) - 1)
+        assert P_MIN < tail < 1 - P_MIN
+
+
+def test_no_seed_never_repeats(servers):
+    with SmoothServeClient(servers[0].address) as client:
+        results = [client.predict("pixel", GREY, n0=100, n=2000) for _ in range(30)]
+    assert all(r.seed is None for r in results)
+    assert len({(r.counts, r.selection_counts) for r in results}) == 30
+
+
+def test_a_seed_reproduces_counts_across_batching_and_concurrency(servers):
+    big, small = servers
+    seed = 2**63 + 12345
+
+    def seeded(address: str) -> tuple:
+        with SmoothServeClient(address) as client:
+            r = client.predict("pixel", GREY, n0=100, n=5000, seed=seed)
+            assert r.seed == seed
+            return r.counts, r.selection_counts
+
+    reference = seeded(big.address)
+    assert seeded(small.address) == reference  # batches of 7 samples instead of 1024
+    with ThreadPoolExecutor(8) as pool, SmoothServeClient(big.address) as noisy:
+        others = [pool.submit(noisy.predict, "sum", GREY, n0=50, n=3000) for _ in range(16)]
+        concurrent = [pool.submit(seeded, big.address) for _ in range(4)]
+        concurrent += [pool.submit(seeded, small.address) for _ in range(2)]
+        assert all(f.result() == reference for f in concurrent)
+        assert all(sum(f.result().counts) == 3000 for f in others)
+    with SmoothServeClient(big.address) as client:
+        other = client.predict("pixel", GREY, n0=100, n=5000, seed=seed + 1)
+    assert (other.counts, other.selection_counts) != reference
