@@ -13,6 +13,7 @@ from .model_config import SmoothModelConfig
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
+DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ def scan(repo: Path) -> dict[str, dict[str, ModelVersion]]:
         else:
             log.warning("skipping %s: no <version>/%s", model_dir, MODEL_FILE)
     return models
+
+
+def read_default_model(repo: Path) -> str:
+    """The model named in ``<repo>/DEFAULT_MODEL``, if that file exists (Triton ignores files)."""
+    marker = Path(repo) / DEFAULT_MODEL_FILE
+    return marker.read_text().strip() if marker.is_file() else ""
 
 
 def latest(versions: dict[str, ModelVersion]) -> ModelVersion:
