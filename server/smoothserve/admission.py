@@ -40,6 +40,7 @@ class Admission:
         self.max_samples = max_samples
         self.max_requests = max_requests
         self.metrics = metrics
+        metrics.samples_in_flight_limit.set(max_samples)
         self.samples = 0
         self.requests = 0
         self.draining = False

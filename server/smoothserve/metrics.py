@@ -58,6 +58,10 @@ class Metrics:
             "smoothserve_samples_in_flight", "Noisy samples admitted and not yet classified "
             "(released per CERTIFY phase), across all models.", registry=r,
         )  # fmt: skip
+        self.samples_in_flight_limit = Gauge(
+            "smoothserve_samples_in_flight_limit", "The configured --max-samples-in-flight "
+            "(dashboards and alerts show saturation as samples_in_flight over this).", registry=r,
+        )  # fmt: skip
         self.samples_abandoned = Counter(
             "smoothserve_samples_abandoned", "Admitted noisy samples never drawn because their "
             "request was cancelled, ran past its deadline or failed.", ["model"], registry=r,

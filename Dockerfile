@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# SmoothServe: the certified inference server, serving dependencies only (no torch, no compiler
+# in the runtime stage), with the default model repository baked in at /models.
+#
+#   docker build -t smoothserve .
+#   docker run -p 50051:50051 -p 9464:9464 smoothserve
+#   docker run -p 50051:50051 -p 9464:9464 -v "$PWD/model_repo:/models:ro" smoothserve
+#
+# Every server option is an environment variable SMOOTHSERVE_<OPTION> (docs/operations.md).
+# Without a Docker daemon: scripts/build_image.sh (podman, local Debian base).
+
+# Any Debian-like image with python3 (>= 3.10) and the venv module; builder and runtime must
+# share it, since the venv's interpreter is the base image's.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/smoothserve/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY server server
+COPY clients clients
+COPY export export
+# The optional build secret ca_bundle is a CA trust store for pip, for build networks that
+# intercept TLS (scripts/build_image.sh passes the host's); it never lands in a layer.
+RUN --mount=type=secret,id=ca_bundle \
+    set -eu; \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    [ -f README.md ] || echo "# SmoothServe" > README.md; \
+    /opt/smoothserve/venv/bin/pip install --prefer-binary . ; \
+    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, onnxruntime, grpc_health.v1"; \
+    ! /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null
+
+FROM ${BASE_IMAGE} AS runtime
+# Empty: the server's own rule (the only, or the first, model of the repository).
+ARG DEFAULT_MODEL=""
+RUN groupadd --gid 10001 smoothserve \
+    && useradd --uid 10001 --gid smoothserve --create-home --home-dir /home/smoothserve \
+        --shell /usr/sbin/nologin smoothserve
+COPY --from=builder /opt/smoothserve/venv /opt/smoothserve/venv
+# The default models; mount another repository over /models (read-only is fine).
+COPY model_repo /models
+ENV PATH=/opt/smoothserve/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SMOOTHSERVE_MODEL_REPO=/models \
+    SMOOTHSERVE_DEFAULT_MODEL=${DEFAULT_MODEL} \
+    SMOOTHSERVE_HOST=0.0.0.0 \
+    SMOOTHSERVE_PORT=50051 \
+    SMOOTHSERVE_METRICS_HOST=0.0.0.0 \
+    SMOOTHSERVE_METRICS_PORT=9464 \
+    SMOOTHSERVE_BACKEND=onnxruntime \
+    SMOOTHSERVE_LOG_LEVEL=INFO
+USER smoothserve:smoothserve
+WORKDIR /opt/smoothserve
+EXPOSE 50051 9464
+# The gRPC health service; the probe reads SMOOTHSERVE_PORT (pass --address if you move the
+# port with a flag instead).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["/opt/smoothserve/venv/bin/python", "-m", "smoothserve.healthcheck", "--quiet"]
+ENTRYPOINT ["/opt/smoothserve/venv/bin/smoothserve"]
+CMD []
+
+# The self-check: start the server as the image would, check health, certify one input through
+# the client, scrape /metrics, stop. The final stage depends on it, so a build that passes has
+# served a certification.
+FROM runtime AS selfcheck
+COPY deploy/docker/selfcheck.py /tmp/selfcheck.py
+RUN python /tmp/selfcheck.py && touch /tmp/selfcheck.ok
+
+FROM runtime
+COPY --from=selfcheck /tmp/selfcheck.ok /opt/smoothserve/selfcheck.ok
