@@ -17,19 +17,26 @@ FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/smoothserve/venv
 WORKDIR /src
-COPY pyproject.toml ./
-COPY server server
-COPY clients clients
-COPY export export
-# The optional build secret ca_bundle is a CA trust store for pip, for build networks that
-# intercept TLS (scripts/build_image.sh passes the host's); it never lands in a layer.
+# Dependencies first, from pyproject.toml alone (empty package folders), so that editing the
+# sources does not reinstall them. The optional build secret ca_bundle is a CA trust store for
+# pip, for build networks that intercept TLS (scripts/build_image.sh passes the host's); it
+# never lands in a layer.
+COPY pyproject.toml README.md ./
 RUN --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    [ -f README.md ] || echo "# SmoothServe" > README.md; \
-    /opt/smoothserve/venv/bin/pip install --prefer-binary . ; \
-    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, onnxruntime, grpc_health.v1"; \
-    ! /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null
+    mkdir -p server clients export; \
+    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" . ; \
+    /opt/smoothserve/venv/bin/pip uninstall --yes smoothserve
+COPY server server
+COPY clients clients
+COPY export export
+RUN set -eu; \
+    /opt/smoothserve/venv/bin/pip install --no-deps --no-build-isolation --no-index . ; \
+    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime"; \
+    if /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null; then \
+        echo "torch must not be in the serving image" >&2; exit 1; \
+    fi
 
 FROM ${BASE_IMAGE} AS runtime
 # Empty: the server's own rule (the only, or the first, model of the repository).
