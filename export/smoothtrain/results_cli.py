@@ -49,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--server-arg", action="append", default=[], help="passed to the server")
-    p.add_argument("--reuse-tsv", action="store_true", help="skip certification, read TSVs")
+    p.add_argument(
+        "--reuse-tsv", action="store_true",
+        help="reuse TSVs (and empirical results) of the same settings; compute only the rest",
+    )  # fmt: skip
+    p.add_argument("--certify-only", action="store_true", help="stop after writing the TSVs")
     p.add_argument("--empirical-limit", type=int, default=500, help="0: no empirical attack")
     p.add_argument("--empirical-steps", type=int, default=20)
     p.add_argument("--empirical-m", type=int, default=16, help="noise draws per attack step")
@@ -75,48 +79,54 @@ def main(argv: list[str] | None = None) -> None:
     test_set = load_dataset(args.dataset, args.data_root, "test")
     indices = list(range(min(args.limit, len(test_set))))
     tsv = {name: tsv_root / name / "certification.tsv" for name in args.models}
-    timing: dict[str, float] = {}
-    if args.reuse_tsv:
-        curves = {name: read_tsv(tsv[name]) for name in args.models}
-    else:
-        certified = certify_models(
-            args.model_repo,
-            args.models,
-            test_set,
-            indices,
-            args.n0,
-            args.n,
-            args.alpha,
-            args.concurrency,
-            args.server_arg,
-            progress=not args.no_progress,
-        )
-        curves = {}
-        for name, (rows, seconds) in certified.items():
-            tsv[name].parent.mkdir(parents=True, exist_ok=True)
-            write_tsv(rows, tsv[name])
-            curves[name], timing[name] = rows, seconds
-            print(f"{name}: certified {len(rows)} images in {seconds:.0f}s", flush=True)
+    settings_now = {"images": len(indices), "n0": args.n0, "n": args.n, "alpha": args.alpha}
+    curves, timing = {}, {}
+    for name in args.models:
+        meta = tsv[name].with_suffix(".json")
+        if args.reuse_tsv and meta.exists():
+            saved = json.loads(meta.read_text())
+            if {k: saved.get(k) for k in settings_now} == settings_now:
+                curves[name], timing[name] = read_tsv(tsv[name]), saved["seconds"]
+    todo = [name for name in args.models if name not in curves]
+    certified = certify_models(
+        args.model_repo, todo, test_set, indices, args.n0, args.n, args.alpha,
+        args.concurrency, args.server_arg, progress=not args.no_progress,
+    ) if todo else {}  # fmt: skip
+    for name, (rows, seconds) in certified.items():
+        tsv[name].parent.mkdir(parents=True, exist_ok=True)
+        write_tsv(rows, tsv[name])
+        tsv[name].with_suffix(".json").write_text(json.dumps({**settings_now, "seconds": seconds}))
+        curves[name], timing[name] = rows, seconds
+        print(f"{name}: certified {len(rows)} images in {seconds:.0f}s", flush=True)
+    curves = {name: curves[name] for name in args.models}
+    if args.certify_only:
+        return
     models = {name: load_model(args.checkpoint_dir / f"{name}.pt") for name in args.models}
     empirical: dict[str, dict[float, float]] = {}
     if args.empirical_limit:
         subset = test_set.subset(np.arange(min(args.empirical_limit, len(test_set))))
         x, y = to_tensors(subset)
+        attack = {
+            "images": len(y), "steps": args.empirical_steps, "m": args.empirical_m,
+            "n": args.empirical_n, "alpha": args.alpha, "epsilons": list(args.epsilons),
+        }  # fmt: skip
         for name, (model, cfg, _) in models.items():
+            cache = tsv[name].with_name("empirical.json")
+            if args.reuse_tsv and cache.exists():
+                saved = json.loads(cache.read_text())
+                if saved["settings"] == attack:
+                    empirical[name] = {float(e): a for e, a in saved["accuracy"].items()}
+                    continue
             began = time.time()
             empirical[name] = empirical_robust_accuracy(
-                model,
-                x,
-                y,
-                cfg.sigma,
-                args.epsilons,
-                args.empirical_steps,
-                args.empirical_m,
-                args.empirical_n,
-                args.alpha,
-                progress=not args.no_progress,
-            )
-            print(f"{name}: empirical {empirical[name]} in {time.time() - began:.0f}s", flush=True)
+                model, x, y, cfg.sigma, args.epsilons, args.empirical_steps, args.empirical_m,
+                args.empirical_n, args.alpha, progress=not args.no_progress,
+            )  # fmt: skip
+            seconds = time.time() - began
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(
+                {"settings": attack, "accuracy": empirical[name], "seconds": seconds}))  # fmt: skip
+            print(f"{name}: empirical {empirical[name]} in {seconds:.0f}s", flush=True)
     throughput = {
         name: onnx_throughput(args.model_repo / name / "1" / "model.onnx", state["input_shape"])
         for name, (_, _, state) in models.items()
