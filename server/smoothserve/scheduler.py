@@ -5,6 +5,11 @@ generator. Batches are cut round-robin across jobs, each getting an equal share 
 so eight concurrent requests fill batches together and a large request cannot starve small
 ones. Noise is generated one batch at a time, never n copies at once; a single noise thread
 keeps each job's draws in order, so seeded requests are reproducible.
+
+A backend with ``generates_noise`` draws the noise on its device instead: the scheduler keeps
+no host buffers and hands it, per segment, the clean input, a count and a seed drawn in order
+from the job's generator. A seeded request is then reproducible only when it is cut into the
+same segments (same batch size, same concurrent requests).
 """
 
 from __future__ import annotations
@@ -64,9 +69,14 @@ class BatchScheduler:
         self.batch_size = batch_size
         self._jobs: deque[_Job] = deque()
         self._work = asyncio.Event()
-        self._free: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        # One token per batch in flight: a host buffer, or None when the backend draws the noise.
+        self._free: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         for _ in range(pipeline_depth):
-            self._free.put_nowait(np.empty((batch_size, *model.config.input_shape), np.float32))
+            self._free.put_nowait(
+                None
+                if backend.generates_noise
+                else np.empty((batch_size, *model.config.input_shape), np.float32)
+            )
         self._noise_thread = ThreadPoolExecutor(1, thread_name_prefix=f"noise-{model.name}")
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -153,13 +163,26 @@ class BatchScheduler:
             offset += size
         return offset
 
-    async def _process(self, buffer: np.ndarray, segments: list[tuple[_Job, int]]) -> None:
+    async def _process(
+        self, buffer: np.ndarray | None, segments: list[tuple[_Job, int]]
+    ) -> None:
         name = self.model.name
         try:
-            loop = asyncio.get_running_loop()
-            size = await loop.run_in_executor(self._noise_thread, self._fill, buffer, segments)
-            started = time.perf_counter()
-            classes = await self.backend.classify(self.model, buffer[:size])
+            if buffer is None:  # the backend draws the noise on its device
+                # Seeds are drawn here, before any await, so in the order batches were cut.
+                device_segments = [
+                    (job.x, take, int(job.rng.integers(2**63))) for job, take in segments
+                ]
+                size = sum(take for _, take in segments)
+                started = time.perf_counter()
+                classes = await self.backend.classify_noisy(
+                    self.model, device_segments, self.model.config.sigma
+                )
+            else:
+                loop = asyncio.get_running_loop()
+                size = await loop.run_in_executor(self._noise_thread, self._fill, buffer, segments)
+                started = time.perf_counter()
+                classes = await self.backend.classify(self.model, buffer[:size])
             self.metrics.backend_latency.labels(name, self.backend.name).observe(
                 time.perf_counter() - started
             )

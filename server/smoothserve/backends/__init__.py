@@ -22,6 +22,20 @@ def create_backend(config) -> Backend:
         from .triton import TritonBackend
 
         return TritonBackend.from_config(config)
+    if config.backend == "torch":
+        try:
+            from .torch_backend import TorchBackend
+        except ImportError as exc:
+            raise SystemExit(f"--backend torch needs torch ('smoothserve[torch]'): {exc}") from None
+
+        return TorchBackend(
+            config.model_repo,
+            device=config.torch_device,
+            half=config.torch_half,
+            cuda_graphs=config.torch_cuda_graphs,
+            batch_size=config.batch_size,
+            max_concurrent_batches=config.pipeline_depth,
+        )
     raise ValueError(f"unknown backend {config.backend!r}")
 
 

@@ -1,0 +1,203 @@
+"""The PyTorch backend: the served networks' TorchScript twins, with the noise drawn on the device.
+
+Each version directory holds ``model.pt`` (TorchScript, from scripts/export_torchscript.py) next
+to ``model.onnx``; Triton's onnxruntime_onnx platform loads only model.onnx. The noise never
+crosses the host: per segment, x + sigma * randn is built on the device from the seed the
+scheduler drew (a Philox torch.Generator on CUDA; NumPy's PCG64 when the device is the CPU), the
+argmax is taken there and only the class indices come back. torch is imported only when this
+backend is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import repository
+from ..repository import ModelVersion
+from .base import Backend, NoisySegment
+from .torch_graphs import CudaGraphRunner
+
+log = logging.getLogger(__name__)
+TORCHSCRIPT_FILE = "model.pt"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in 2.x
+        return torch.jit.load(str(path), map_location=device).eval()
+
+
+@dataclass
+class _Network:
+    module: torch.jit.ScriptModule
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    graph: CudaGraphRunner | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    generates_noise = True
+
+    def __init__(
+        self,
+        model_repo: Path,
+        device: str = "",
+        half: bool = True,
+        cuda_graphs: bool = False,
+        batch_size: int = 256,
+        max_concurrent_batches: int = 2,
+        half_max_disagreement: float = 0.01,
+    ) -> None:
+        self.model_repo = Path(model_repo)
+        self.device = torch.device(device or default_device())
+        self.half = half and self.device.type == "cuda"
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        if cuda_graphs and not self.cuda_graphs:
+            log.warning(
+                "--torch-cuda-graphs needs a CUDA device; running eagerly on %s", self.device
+            )
+        self.batch_size = batch_size
+        self.half_max_disagreement = half_max_disagreement
+        self._executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="torch")
+        self._networks: dict[tuple[str, str], _Network] = {}
+
+    async def start(self) -> dict[str, dict[str, ModelVersion]]:
+        models: dict[str, dict[str, ModelVersion]] = {}
+        found = repository.scan(self.model_repo)
+        for name, versions in found.items():
+            for version, model in versions.items():
+                path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
+                if path is None or not path.is_file():
+                    log.warning("skipping %s version %s: no %s", name, version, TORCHSCRIPT_FILE)
+                    continue
+                self._networks[(name, version)] = self._load(model, path)
+                models.setdefault(name, {})[version] = model
+        if found and not models:
+            raise RuntimeError(
+                f"no {TORCHSCRIPT_FILE} in {self.model_repo}: run scripts/export_torchscript.py"
+            )
+        return models
+
+    def _load(self, model: ModelVersion, path: Path) -> _Network:
+        shape = tuple(model.config.input_shape)
+        module = load_torchscript(path, self.device)
+        probe = self._probe_batch(model)
+        with torch.no_grad():
+            logits = module(probe)
+        if tuple(logits.shape) != (len(probe), model.config.num_classes):
+            raise ValueError(f"{path}: logits {tuple(logits.shape)} for a batch of {len(probe)}")
+        network = _Network(module, torch.float32, shape)
+        if self.half:
+            network = self._try_half(model, path, probe, logits.argmax(1)) or network
+        if self.cuda_graphs:
+            network.graph = CudaGraphRunner(
+                network.module, shape, self.batch_size, network.dtype, self.device
+            )
+        log.info("loaded %s version %s on %s (%s)", model.name, model.version, self.device,
+                 str(network.dtype).removeprefix("torch."))  # fmt: skip
+        return network
+
+    def _probe_batch(self, model: ModelVersion, images: int = 8, copies: int = 128) -> torch.Tensor:
+        """Noisy copies of random images in the model's pixel range, as the server feeds it."""
+        low, high = model.config.value_range
+        gen = torch.Generator(self.device).manual_seed(0)
+        x = torch.rand((images, 1, *model.config.input_shape), generator=gen, device=self.device)
+        x = low + (high - low) * x
+        noise = torch.randn((images, copies, *model.config.input_shape), generator=gen,
+                            device=self.device)  # fmt: skip
+        return (x + model.config.sigma * noise).flatten(0, 1)
+
+    def _try_half(
+        self, model: ModelVersion, path: Path, probe: torch.Tensor, reference: torch.Tensor
+    ) -> _Network | None:
+        """The FP16 network, if its argmax agrees with FP32's on the probe batch."""
+        try:
+            module = load_torchscript(path, self.device).half()
+            with torch.no_grad():
+                classes = module(probe.half()).argmax(1)
+        except RuntimeError as exc:
+            log.warning("%s: FP16 failed (%s); running FP32", model.name, exc)
+            return None
+        disagreement = float((classes != reference).float().mean())
+        if disagreement > self.half_max_disagreement:
+            log.warning("%s: FP16 argmax disagrees with FP32 on %.2f%% of a probe batch; "
+                        "running FP32", model.name, 100 * disagreement)  # fmt: skip
+            return None
+        return _Network(module, torch.float16, tuple(model.config.input_shape))
+
+    async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        network = self._networks[(model.name, model.version)]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._classify_batch, network, batch)
+
+    def _classify_batch(self, network: _Network, batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            inputs = torch.from_numpy(batch).to(self.device, network.dtype)
+            return self._argmax(network, inputs, len(batch))
+
+    async def classify_noisy(
+        self, model: ModelVersion, segments: list[NoisySegment], sigma: float
+    ) -> np.ndarray:
+        network = self._networks[(model.name, model.version)]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._classify_noisy, network, segments, sigma
+        )
+
+    def _classify_noisy(
+        self, network: _Network, segments: list[NoisySegment], sigma: float
+    ) -> np.ndarray:
+        total = sum(count for _, count, _ in segments)
+        with torch.no_grad():
+            if network.graph is not None and total <= network.graph.batch_size:
+                with network.graph.lock:
+                    fill_noisy(network.graph.input[:total], segments, sigma)
+                    return to_numpy(network.graph.run()[:total])
+            inputs = torch.empty((total, *network.shape), dtype=network.dtype, device=self.device)
+            fill_noisy(inputs, segments, sigma)
+            return self._argmax(network, inputs, total)
+
+    @staticmethod
+    def _argmax(network: _Network, inputs: torch.Tensor, total: int) -> np.ndarray:
+        return to_numpy(network.module(inputs).argmax(1)[:total])
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def fill_noisy(out: torch.Tensor, segments: list[NoisySegment], sigma: float) -> None:
+    """Rows of ``out`` (on the device) become x + N(0, sigma^2 I), each segment from its seed."""
+    offset = 0
+    for x, count, seed in segments:
+        rows = out[offset : offset + count]
+        if out.device.type == "cpu":
+            # torch's CPU generator (MT19937) keeps only the low 32 bits of a seed, so segments
+            # would share streams after ~2^16 of them; NumPy's PCG64 takes the whole seed.
+            np.random.Generator(np.random.PCG64(seed)).standard_normal(
+                out=rows.numpy(), dtype=np.float32
+            )
+        else:  # Philox, keyed by the whole 64-bit seed
+            rows.normal_(0.0, 1.0, generator=torch.Generator(out.device).manual_seed(seed))
+        rows *= sigma
+        rows += torch.tensor(x, dtype=out.dtype, device=out.device)  # the clean input only
+        offset += count
+
+
+def to_numpy(classes: torch.Tensor) -> np.ndarray:
+    """Only the class indices cross to the host, as int32; int64 on arrival."""
+    return classes.to(torch.int32).cpu().numpy().astype(np.int64)
