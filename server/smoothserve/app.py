@@ -51,7 +51,7 @@ class Server:
         for versions in models.values():
             for model in versions.values():
                 scheduler = BatchScheduler(
-                    model, self.backend, self.metrics, c.batch_size, c.pipeline_depth
+                    model, self.backend, self.metrics, c.batch_size, c.effective_pipeline_depth
                 )
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler

@@ -43,11 +43,14 @@ class ServerConfig:
     metrics_port: int = _option(9464, "Prometheus metrics port; 0 picks a free one, -1 disables.", int)
     backend: str = _option("onnxruntime", "Backend that runs the base network.", str, ("onnxruntime", "triton", "torch"))
     triton_urls: tuple[str, ...] = _option((), "Triton gRPC endpoints, comma-separated host:port.", _csv)
+    triton_timeout_s: float = _option(30.0, "Seconds one Triton call may take (and start-up may wait for Triton).", float)
+    triton_fp16: bool = _option(False, "Send FP16 batches to Triton; the models' configs must declare TYPE_FP16 inputs.", _bool)
+    triton_shm: bool = _option(False, "Pass batches to Triton through system shared memory (Triton on this host).", _bool)
     torch_device: str = _option("", "Device of the torch backend (cpu, cuda, cuda:1); empty: cuda when available, else cpu.", str)
     torch_half: bool = _option(True, "Torch backend on CUDA: run the network in FP16 when its argmax agrees with FP32 on a probe batch at load, else FP32.", _bool)
     torch_cuda_graphs: bool = _option(False, "Torch backend on CUDA: replay the network as a CUDA graph captured for --batch-size (shorter batches padded).", _bool)
     batch_size: int = _option(256, "Noisy samples per backend batch.", int)
-    pipeline_depth: int = _option(2, "Backend batches in flight per model.", int)
+    pipeline_depth: int = _option(2, "Backend batches in flight per model; the triton backend uses at least 2 per endpoint.", int)
     intra_op_threads: int = _option(0, "ONNX Runtime intra-op threads; 0: one per core.", int)
     inter_op_threads: int = _option(1, "ONNX Runtime inter-op threads.", int)
     providers: tuple[str, ...] = _option((), "ONNX Runtime execution providers, comma-separated; empty: CUDA if installed, else CPU.", _csv)
@@ -127,6 +130,13 @@ class ServerConfig:
             parser.error("; ".join(problems))
         return config
 
+    @property
+    def effective_pipeline_depth(self) -> int:
+        """With several Triton endpoints, enough batches in flight to keep them all busy."""
+        if self.backend == "triton":
+            return max(self.pipeline_depth, 2 * len(self.triton_urls))
+        return self.pipeline_depth
+
     def problems(self) -> list[str]:
         found = []
         for name in ("batch_size", "pipeline_depth", "default_n0", "default_n", "max_n0", "max_n"):
@@ -146,6 +156,8 @@ class ServerConfig:
             found.append("--tls-client-ca needs --tls-cert and --tls-key")
         if self.backend == "triton" and not self.triton_urls:
             found.append("the triton backend needs --triton-urls")
+        if self.triton_timeout_s <= 0:
+            found.append("triton_timeout_s must be positive")
         return found
 
 

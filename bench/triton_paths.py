@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Triton transport paths: FP32 over gRPC (the baseline), FP32 through shared memory, FP16
+over gRPC and FP16 through shared memory, in one run, as samples/s and ratios to the baseline.
+
+It drives ``TritonBackend.classify`` directly (no noise, no SmoothServe front end) against the
+CPU twin of a linear model, so the figures isolate how batches travel to Triton:
+
+    .venv/bin/python bench/triton_paths.py --shape 3,224,224 --batch-size 256 --seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from models import write_linear_model  # noqa: E402
+
+from smoothserve.backends.triton import TritonBackend  # noqa: E402
+from smoothserve.triton_twin import TritonProcess, build_twin_repository  # noqa: E402
+
+PATHS = [("fp32 grpc", False, False), ("fp32 shm", False, True), ("fp16 grpc", True, False),
+         ("fp16 shm", True, True)]  # fmt: skip
+
+
+async def throughput(url: str, fp16: bool, shm: bool, args: argparse.Namespace) -> float:
+    backend = TritonBackend(
+        [url], fp16=fp16, use_shm=shm, batch_size=args.batch_size, batches_in_flight=args.in_flight
+    )
+    models = await backend.start()
+    model = models["bench"]["1"]
+    rng = np.random.default_rng(0)
+    batches = [
+        rng.random((args.batch_size, *args.shape), dtype=np.float32) for _ in range(args.in_flight)
+    ]
+
+    async def worker(batch: np.ndarray, until: float) -> int:
+        done = 0
+        while time.perf_counter() < until:
+            await backend.classify(model, batch)
+            done += len(batch)
+        return done
+
+    await asyncio.gather(*(worker(b, time.perf_counter() + 1.0) for b in batches))  # warm-up
+    started = time.perf_counter()
+    until = started + args.seconds
+    counts = await asyncio.gather(*(worker(b, until) for b in batches))
+    rate = sum(counts) / (time.perf_counter() - started)
+    await backend.close()
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="3,224,224", help="input shape without the batch axis")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--in-flight", type=int, default=2, help="batches in flight at once")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per path")
+    args = parser.parse_args()
+    args.shape = tuple(int(d) for d in args.shape.split(","))
+    sample_mb = np.prod(args.shape) * 4 / 1e6
+    print(f"input {args.shape} ({sample_mb * args.batch_size:.1f} MB a batch in FP32), "
+          f"batch {args.batch_size}, {args.in_flight} in flight, {args.seconds} s a path")  # fmt: skip
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="triton-paths-") as tmp:
+        repo = Path(tmp) / "repo"
+        w = np.random.default_rng(1).standard_normal(args.shape)
+        write_linear_model(repo, "bench", w / np.linalg.norm(w), 0.0, 0.5, args.shape)
+        for fp16 in (False, True):
+            twin = build_twin_repository(repo, Path(tmp) / f"twin{int(fp16)}", fp16=fp16)
+            assert twin == ["bench"]
+            with TritonProcess(Path(tmp) / f"twin{int(fp16)}") as triton:
+                for label, path_fp16, shm in PATHS:
+                    if path_fp16 == fp16:
+                        rates[label] = asyncio.run(throughput(triton.url, fp16, shm, args))
+    base = rates["fp32 grpc"]
+    print(f"{'path':<10} {'samples/s':>10} {'vs fp32 grpc':>13}")
+    for label, rate in rates.items():
+        print(f"{label:<10} {rate:>10.0f} {rate / base:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()

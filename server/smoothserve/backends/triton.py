@@ -1,0 +1,357 @@
+"""The Triton backend: noisy batches go to one or several Triton servers over gRPC.
+
+Triton's model repository is the single source of truth: models, versions, input spec and
+the smoothing parameters (sigma, labels, ...) come from each model's config as Triton serves
+it. ``model_sha256`` comes from a ``sha256`` config parameter when the export wrote one;
+otherwise from ``--model-repo`` when that directory holds the same model and version with an
+identical smoothing config (the usual case: Triton mounts the same repository); otherwise
+it is empty, because nothing proves which file Triton loaded.
+
+Triton returns logits; SmoothServe takes the argmax (N x classes floats, small next to the
+inputs). With ``--triton-fp16`` the batches travel as FP16, which the model's config must
+declare (an fp16-input export); the rounding is then part of the base classifier f, so the
+certificate holds for exactly the network that runs. With ``--triton-shm`` the batches
+travel through POSIX shared memory registered with Triton (same host only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_aio
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+from .. import repository
+from ..errors import DeadlineExceeded, NotFound, Unavailable
+from ..model_config import SmoothModelConfig
+from ..repository import ModelVersion
+from .base import Backend
+from .triton_pool import MAX_MESSAGE_BYTES, Endpoint, EndpointPool, describe
+
+log = logging.getLogger(__name__)
+WIRE_TYPES = {
+    "TYPE_FP32": ("FP32", np.dtype(np.float32)),
+    "TYPE_FP16": ("FP16", np.dtype(np.float16)),
+}
+ENDPOINT_FAILURES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL", ""}
+MODEL_MISSING = "Request for unknown model"  # Triton's words for a model not loaded (any status)
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How one model's batches travel: Triton datatype, NumPy dtype, rows per call."""
+
+    datatype: str
+    dtype: np.dtype
+    rows: int
+
+
+@dataclass
+class ShmSlot:
+    name: str
+    handle: object
+    byte_size: int
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def __init__(
+        self,
+        urls: tuple[str, ...] | list[str],
+        timeout_s: float = 30.0,
+        fp16: bool = False,
+        use_shm: bool = False,
+        model_repo: Path | None = None,
+        batch_size: int = 256,
+        batches_in_flight: int = 2,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.fp16 = fp16
+        self.use_shm = use_shm
+        self.model_repo = model_repo
+        self.batch_size = batch_size
+        self.batches_in_flight = batches_in_flight
+        self.pool = EndpointPool(
+            urls, probe_timeout_s=min(2.0, timeout_s), on_connect=self._on_connect
+        )
+        self._wire: dict[tuple[str, str], Wire] = {}
+        self._slots: list[ShmSlot] = []
+        self._free_slots: asyncio.Queue[ShmSlot] = asyncio.Queue()
+
+    @classmethod
+    def from_config(cls, config) -> TritonBackend:
+        return cls(
+            config.triton_urls,
+            timeout_s=config.triton_timeout_s,
+            fp16=config.triton_fp16,
+            use_shm=config.triton_shm,
+            model_repo=config.model_repo,
+            batch_size=config.batch_size,
+            batches_in_flight=config.effective_pipeline_depth,
+        )
+
+    # --- start-up: discovery ---------------------------------------------------------------
+
+    async def start(self) -> dict[str, dict[str, ModelVersion]]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        up = await self.pool.connect_all()
+        while loop.time() < deadline and not await self._any_ready(up):  # Triton may be starting
+            await asyncio.sleep(0.5)
+            up = [e for e in self.pool.endpoints if e.up]
+        if not up:
+            raise Unavailable(
+                f"Triton did not become ready in {self.timeout_s} s: {self.pool.summary()}"
+            )
+        models = await self._discover(up[0])
+        for endpoint in up[1:]:
+            await self._check_same_models(endpoint, models)
+        if self.use_shm:
+            await self._create_slots(models)
+        return models
+
+    async def _any_ready(self, endpoints: list[Endpoint]) -> bool:
+        for endpoint in endpoints:
+            try:
+                if endpoint.client and await endpoint.client.is_server_ready(client_timeout=2.0):
+                    return True
+            except InferenceServerException:
+                continue
+        return False
+
+    async def _discover(self, endpoint: Endpoint) -> dict[str, dict[str, ModelVersion]]:
+        client = endpoint.client
+        assert client is not None
+        index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        models: dict[str, dict[str, ModelVersion]] = {}
+        skipped = []
+        for entry in index.get("models", []):
+            name, version = entry.get("name", ""), entry.get("version", "")
+            if entry.get("state") != "READY" or not version:
+                skipped.append(f"{name} ({entry.get('state', 'no state')})")
+                continue
+            raw = await client.get_model_config(
+                name, version, as_json=True, client_timeout=self.timeout_s
+            )
+            raw = raw.get("config", raw)
+            try:
+                config = SmoothModelConfig.from_dict(raw)
+                wire = self._wire_for(config, raw)
+            except (ValueError, KeyError) as exc:
+                log.warning("Triton %s: not serving %s: %s", endpoint.url, name, exc)
+                skipped.append(f"{name} ({exc})")
+                continue
+            self._wire[(name, version)] = wire
+            sha = self._sha256(config, version)
+            models.setdefault(name, {})[version] = ModelVersion(config, version, sha)
+            log.info(
+                "Triton %s: %s version %s, %s batches of up to %d rows",
+                endpoint.url,
+                name,
+                version,
+                wire.datatype,
+                wire.rows,
+            )
+        if not models:
+            raise NotFound(
+                f"Triton {endpoint.url} serves no smoothed model (a ready model whose config has "
+                f"sigma and labels parameters); found: {', '.join(skipped) or 'no model'}"
+            )
+        return models
+
+    def _wire_for(self, config: SmoothModelConfig, raw: dict) -> Wire:
+        data_type = raw["input"][0].get("data_type", "TYPE_FP32")
+        if data_type not in WIRE_TYPES:
+            raise ValueError(f"input type {data_type} is not supported (FP32 or FP16)")
+        if self.fp16 and data_type != "TYPE_FP16":
+            raise ValueError(f"input is {data_type}; --triton-fp16 needs an FP16-input model")
+        if not self.fp16 and data_type == "TYPE_FP16":
+            raise ValueError("input is TYPE_FP16; start SmoothServe with --triton-fp16")
+        datatype, dtype = WIRE_TYPES[data_type]
+        sample_bytes = math.prod(config.input_shape) * dtype.itemsize
+        rows = (MAX_MESSAGE_BYTES - (1 << 20)) // sample_bytes  # room for the request header
+        if config.max_batch_size > 0:
+            rows = min(rows, config.max_batch_size)
+        if rows < 1:
+            raise ValueError("one sample does not fit in a gRPC message")
+        return Wire(datatype, dtype, rows)
+
+    def _sha256(self, config: SmoothModelConfig, version: str) -> str:
+        if config.extra_parameters.get("sha256"):
+            return config.extra_parameters["sha256"]
+        if self.model_repo is None:
+            return ""
+        local = Path(self.model_repo) / config.name / version / repository.MODEL_FILE
+        try:
+            mine = SmoothModelConfig.from_pbtxt((local.parent.parent / "config.pbtxt").read_text())
+        except (OSError, ValueError, KeyError):
+            return ""
+        same = all(
+            getattr(mine, f) == getattr(config, f)
+            for f in ("sigma", "labels", "input_shape", "value_range", "input_name", "output_name")
+        )
+        if not same or not local.is_file():
+            log.warning(
+                "%s: the local copy in %s differs; model_sha256 left empty",
+                config.name,
+                self.model_repo,
+            )
+            return ""
+        return repository.sha256_of(local)
+
+    async def _check_same_models(self, endpoint: Endpoint, models: dict) -> None:
+        for name, versions in models.items():
+            for version in versions:
+                client = endpoint.client
+                ready = client is not None and await client.is_model_ready(
+                    name, version, client_timeout=self.timeout_s
+                )
+                if not ready:
+                    log.warning(
+                        "Triton %s does not serve %s version %s", endpoint.url, name, version
+                    )
+
+    # --- shared memory -----------------------------------------------------------------------
+
+    async def _create_slots(self, models: dict[str, dict[str, ModelVersion]]) -> None:
+        """One region per batch that can be in flight, each as large as the largest call."""
+        versions = [m for vs in models.values() for m in vs.values()]
+        byte_size = max(
+            min(self.batch_size, self._wire[(m.name, m.version)].rows)
+            * math.prod(m.config.input_shape)
+            * self._wire[(m.name, m.version)].dtype.itemsize
+            for m in versions
+        )
+        prefix = f"smoothserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        for i in range(self.batches_in_flight * len(versions)):
+            name = f"{prefix}-{i}"
+            handle = shm.create_shared_memory_region(name, "/" + name, byte_size, create_only=True)
+            slot = ShmSlot(name, handle, byte_size)
+            self._slots.append(slot)
+            self._free_slots.put_nowait(slot)
+        for endpoint in self.pool.endpoints:
+            if endpoint.up and endpoint.client is not None:
+                try:
+                    await self._on_connect(endpoint.client)
+                except InferenceServerException as exc:
+                    await self.close()
+                    raise Unavailable(
+                        f"Triton {endpoint.url} cannot map shared memory ({describe(exc)}); "
+                        "--triton-shm needs Triton on this host, sharing /dev/shm"
+                    ) from None
+
+    async def _on_connect(self, client: triton_aio.InferenceServerClient) -> None:
+        """Register every region with a (re)connected server; a restarted one has none."""
+        for slot in self._slots:
+            with contextlib.suppress(InferenceServerException):
+                await client.unregister_system_shared_memory(
+                    slot.name, client_timeout=self.timeout_s
+                )
+            await client.register_system_shared_memory(
+                slot.name, "/" + slot.name, slot.byte_size, client_timeout=self.timeout_s
+            )
+
+    # --- inference ---------------------------------------------------------------------------
+
+    async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        wire = self._wire[(model.name, model.version)]
+        if len(batch) <= wire.rows:
+            return await self._classify_rows(model, wire, batch)
+        parts = [batch[i : i + wire.rows] for i in range(0, len(batch), wire.rows)]
+        results = await asyncio.gather(*(self._classify_rows(model, wire, p) for p in parts))
+        return np.concatenate(results)
+
+    async def _classify_rows(self, model: ModelVersion, wire: Wire, rows: np.ndarray) -> np.ndarray:
+        slot = await self._free_slots.get() if self._slots else None
+        try:
+            infer_input = triton_grpc.InferInput(
+                model.config.input_name, list(rows.shape), wire.datatype
+            )
+            data = rows if rows.dtype == wire.dtype else rows.astype(wire.dtype)
+            if slot is not None and data.nbytes <= slot.byte_size:
+                shm.set_shared_memory_region(slot.handle, [data])
+                infer_input.set_shared_memory(slot.name, data.nbytes)
+            else:
+                infer_input.set_data_from_numpy(data)
+            logits = await self._infer(model, infer_input, len(rows))
+        finally:
+            if slot is not None:
+                self._free_slots.put_nowait(slot)
+        if logits.shape != (len(rows), model.config.num_classes):
+            raise Unavailable(f"Triton returned logits of shape {logits.shape} for {model.name}")
+        return logits.argmax(axis=1)
+
+    async def _infer(self, model: ModelVersion, infer_input, size: int) -> np.ndarray:
+        """Send to the least busy endpoint; on an endpoint failure, take it out and try the
+        next one. Each endpoint is tried at most once per batch, so nothing waits forever."""
+        tried: set[Endpoint] = set()
+        errors: list[tuple[str, str]] = []  # (status, message)
+        output = triton_grpc.InferRequestedOutput(model.config.output_name)
+        while True:
+            try:
+                endpoint = await self.pool.pick(tried)
+            except Unavailable:
+                raise self._failure(model, errors) from None
+            tried.add(endpoint)
+            endpoint.outstanding += size
+            try:
+                assert endpoint.client is not None
+                result = await endpoint.client.infer(
+                    model.name,
+                    [infer_input],
+                    model_version=model.version,
+                    outputs=[output],
+                    client_timeout=self.timeout_s,
+                )
+                return result.as_numpy(model.config.output_name)
+            except InferenceServerException as exc:
+                status = (exc.status() or "").replace("StatusCode.", "")
+                if MODEL_MISSING in str(exc.message()):
+                    status = "NOT_FOUND"  # this model is not loaded there; the server is fine
+                errors.append((status, f"{endpoint.url}: {describe(exc)}"))
+                if status in ENDPOINT_FAILURES:
+                    self.pool.mark_down(endpoint, describe(exc))
+            finally:
+                endpoint.outstanding -= size
+
+    def _failure(self, model: ModelVersion, errors: list[tuple[str, str]]) -> Exception:
+        if not errors:
+            return Unavailable(self.pool.summary())
+        detail = "; ".join(message for _, message in errors)
+        statuses = {status for status, _ in errors}
+        if statuses == {"NOT_FOUND"}:
+            return NotFound(
+                f"model {model.name!r} version {model.version} is not loaded on Triton ({detail})"
+            )
+        if "DEADLINE_EXCEEDED" in statuses and statuses <= {"DEADLINE_EXCEEDED", "NOT_FOUND"}:
+            return DeadlineExceeded(f"Triton did not answer within {self.timeout_s} s ({detail})")
+        return Unavailable(f"Triton could not run {model.name!r} ({detail})")
+
+    async def ready(self) -> bool:
+        return any(e.up for e in self.pool.endpoints)
+
+    async def close(self) -> None:
+        for endpoint in self.pool.endpoints:
+            if endpoint.up and endpoint.client is not None and self._slots:
+                for slot in self._slots:
+                    try:
+                        await endpoint.client.unregister_system_shared_memory(
+                            slot.name, client_timeout=2.0
+                        )
+                    except InferenceServerException:
+                        break
+        await self.pool.close()
+        for slot in self._slots:
+            shm.destroy_shared_memory_region(slot.handle)
+        self._slots.clear()

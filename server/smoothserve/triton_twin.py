@@ -1,0 +1,317 @@
+"""A real Triton server for ``model_repo`` on a CPU machine, for tests and benchmarks.
+
+``nvidia-pytriton`` bundles a ``tritonserver`` binary with only the Python backend, so the
+production configs (``platform: "onnxruntime_onnx"``) cannot load as they are. The twin
+repository keeps each model's name, input and output names, dims, ``max_batch_size``,
+dynamic batching and ``parameters`` (sigma, labels, ...) and swaps the platform for a Python
+model that runs the same ``model.onnx`` with ONNX Runtime on the CPU. ``fp16=True`` declares
+``TYPE_FP16`` inputs instead (the twin casts to float32 before ONNX Runtime), which is what an
+fp16-input export would declare in production.
+
+Command line: ``python -m smoothserve.triton_twin --model-repo model_repo`` serves the twin
+until interrupted and prints its gRPC address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from . import repository
+from .model_config import SmoothModelConfig
+
+MODEL_PY = '''\
+"""Python-backend twin of an onnxruntime_onnx model: the same model.onnx on the CPU."""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        threads = int(config.get("parameters", {}).get("twin_threads", {}).get("string_value", 1))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        arrays = [
+            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
+        ]
+        batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        (logits,) = self.session.run(
+            [self.output_name], {self.input_name: batch.astype(np.float32, copy=False)}
+        )
+        responses, offset = [], 0
+        for array in arrays:
+            rows = logits[offset : offset + len(array)]
+            offset += len(array)
+            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(rows, np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+'''
+
+
+def tritonserver_home() -> Path | None:
+    """``site-packages/pytriton/tritonserver`` of nvidia-pytriton, or None when not installed."""
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    return home if (home / "bin" / "tritonserver").is_file() else None
+
+
+def twin_config(config: SmoothModelConfig, fp16: bool = False, threads: int = 1) -> str:
+    """The production config with the platform swapped for the Python backend."""
+    production = config.to_pbtxt()
+    input_type = "TYPE_FP16" if fp16 else "TYPE_FP32"
+    lines = []
+    for line in production.splitlines():
+        if line.startswith("platform:"):
+            lines.append('backend: "python"')
+        elif line.strip() == "kind: KIND_AUTO":
+            lines.append("    kind: KIND_CPU")
+        else:
+            lines.append(line)
+    text = "\n".join(lines) + "\n"
+    text = text.replace("data_type: TYPE_FP32", f"data_type: {input_type}", 1)  # the input
+    text += f'parameters {{ key: "twin_threads" value {{ string_value: "{threads}" }} }}\n'
+    return text
+
+
+def build_twin_repository(
+    model_repo: Path,
+    dest: Path,
+    fp16: bool = False,
+    threads: int = 1,
+    only: tuple[str, ...] = (),
+) -> list[str]:
+    """Write the twin of every model of ``model_repo`` (or of those in ``only``) under
+    ``dest``; return their names. Each twin model is one Python stub process in Triton."""
+    dest.mkdir(parents=True, exist_ok=True)
+    models = repository.scan(Path(model_repo))
+    if only:
+        models = {name: versions for name, versions in models.items() if name in only}
+    for name, versions in models.items():
+        model_dir = dest / name
+        model_dir.mkdir(exist_ok=True)
+        config = next(iter(versions.values())).config
+        (model_dir / "config.pbtxt").write_text(twin_config(config, fp16, threads))
+        for version, model in versions.items():
+            version_dir = model_dir / version
+            version_dir.mkdir(exist_ok=True)
+            (version_dir / "model.py").write_text(MODEL_PY)
+            link = version_dir / repository.MODEL_FILE
+            if not link.exists():
+                link.symlink_to(Path(model.path).resolve())
+    return sorted(models)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def triton_environment(home: Path) -> dict[str, str]:
+    """LD_LIBRARY_PATH and PATH the bundled server and its Python stub need (DEVELOPERS.md)."""
+    libs = home.parent.parent / "nvidia_pytriton.libs"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(
+        p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    # The stub embeds libpython and finds its prefix (so numpy and onnxruntime) through PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def _backend_directory(home: Path, dest: Path) -> Path:
+    """A backends directory holding the Python backend and the stub for this interpreter."""
+    python = dest / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for item in (home / "backends" / "python").iterdir():
+        if item.is_file() and not (python / item.name).exists():
+            (python / item.name).symlink_to(item)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    if not (python / stub.name).exists():
+        (python / stub.name).symlink_to(stub)
+    return dest
+
+
+class TritonProcess:
+    """A ``tritonserver`` on free loopback ports; ``stop()`` then ``start()`` keeps the ports.
+
+    ``with TritonProcess(repo) as triton: triton.url`` -> "127.0.0.1:PORT" (gRPC).
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        start_timeout: float = 90.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        home = tritonserver_home()
+        if home is None:
+            raise RuntimeError("nvidia-pytriton is not installed (pip install -e '.[dev]')")
+        self.home = home
+        self.model_repository = Path(model_repository)
+        self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
+        self._dir = tempfile.TemporaryDirectory(prefix="triton-")
+        self.workdir = Path(self._dir.name)
+        self.backends = _backend_directory(home, self.workdir / "backends")
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        self.log_path = self.workdir / "triton.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        prefix = f"twin{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        return [
+            str(self.home / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.backends}",
+            f"--cache-directory={self.home / 'caches'}",
+            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=4194304",
+            "--allow-http=false",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-on-error=true",
+            "--exit-timeout-secs=5",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=triton_environment(self.home),
+            start_new_session=True,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + self.start_timeout
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            while True:
+                if self.process is None or self.process.poll() is not None:
+                    code = None if self.process is None else self.process.returncode
+                    raise RuntimeError(f"tritonserver exited with {code}:\n{self.log()}")
+                with contextlib.suppress(Exception):
+                    if client.is_server_ready(client_timeout=1.0):
+                        return
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(
+                        f"tritonserver not ready in {self.start_timeout} s:\n{self.log()}"
+                    )
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no graceful shutdown, connections drop at once."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._close_log()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if getattr(self, "_log", None) and not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> TritonProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+
+def scrape(metrics_url: str, metric: str) -> dict[str, float]:
+    """Values of one Prometheus metric from a /metrics page, keyed by its label set."""
+    from urllib.request import urlopen
+
+    with urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback URL we built
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{") or line.startswith(metric + " "):
+            key, _, value = line.rpartition(" ")
+            values[key[len(metric) :]] = float(value)
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    parser.add_argument("--fp16", action="store_true", help="declare FP16 inputs")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
+    args = parser.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with tempfile.TemporaryDirectory(prefix="triton-twin-") as tmp:
+        names = build_twin_repository(args.model_repo, Path(tmp), args.fp16, args.threads)
+        with TritonProcess(Path(tmp)) as triton:
+            print(json.dumps({"url": triton.url, "metrics": triton.metrics_url, "models": names}))
+            sys.stdout.flush()
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+if __name__ == "__main__":
+    main()

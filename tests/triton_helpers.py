@@ -1,0 +1,56 @@
+"""Shared pieces of the Triton tests: the model repository, the twin, and skip logic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models import write_linear_model
+
+from smoothserve.model_config import SmoothModelConfig
+from smoothserve.triton_twin import build_twin_repository, tritonserver_home
+
+SHAPE = (1, 8, 8)
+BIG_SHAPE = (3, 64, 64)  # 49 kB a sample: a 256-row batch is 12.6 MB, over gRPC's 4 MB default
+SIGMA = 0.5
+
+
+def require_tritonserver() -> None:
+    """Skip without nvidia-pytriton, except in CI (which installs .[dev]): there, fail."""
+    if tritonserver_home() is None:
+        reason = "nvidia-pytriton (bundled tritonserver) is not installed; pip install -e '.[dev]'"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def weights(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal(shape)
+    return w / np.linalg.norm(w)
+
+
+def write_repo(repo: Path) -> Path:
+    """``linear`` (1x8x8), ``linear_big`` (3x64x64) and ``linear_small_batch`` (max_batch_size 64)."""
+    write_linear_model(repo, "linear", weights(SHAPE, 1), 0.0, SIGMA, SHAPE)
+    write_linear_model(repo, "linear_big", weights(BIG_SHAPE, 2), 0.0, SIGMA, BIG_SHAPE)
+    model_dir = write_linear_model(repo, "linear_small_batch", weights(SHAPE, 3), 0.0, SIGMA, SHAPE)
+    SmoothModelConfig(
+        name="linear_small_batch", sigma=SIGMA, labels=("negative", "positive"),
+        input_shape=SHAPE, max_batch_size=64, preferred_batch_sizes=(64,),
+    ).write(model_dir)  # fmt: skip
+    return repo
+
+
+def twin(repo: Path, dest: Path, fp16: bool = False, only: tuple[str, ...] = ()) -> Path:
+    build_twin_repository(repo, dest, fp16=fp16, only=only)
+    return dest
+
+
+def near_boundary(shape: tuple[int, ...], w: np.ndarray, margin: float) -> np.ndarray:
+    """An input in [0, 1] at signed distance ``margin`` from the hyperplane w.x = 0."""
+    x = np.full(shape, 0.5)
+    x = x - (np.sum(w * x) - margin) * w / np.sum(w * w)
+    assert x.min() >= 0 and x.max() <= 1
+    return x.astype(np.float32)
