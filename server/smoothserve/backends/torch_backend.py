@@ -40,6 +40,15 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
         return torch.jit.load(str(path), map_location=device).eval()
 
 
+def optimized(module: torch.jit.ScriptModule, device: torch.device) -> torch.jit.ScriptModule:
+    """Frozen (weights folded into the graph, conv+BN fused); on the CPU also in oneDNN layouts,
+    about 5x faster there for the Fashion-MNIST CNN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frozen = torch.jit.freeze(module.eval())
+        return torch.jit.optimize_for_inference(frozen) if device.type == "cpu" else frozen
+
+
 @dataclass
 class _Network:
     module: torch.jit.ScriptModule
@@ -104,6 +113,7 @@ class TorchBackend(Backend):
         network = _Network(module, torch.float32, shape)
         if self.half:
             network = self._try_half(model, path, probe, logits.argmax(1)) or network
+        network.module = self._optimize(model, network, probe, logits.argmax(1))
         if self.cuda_graphs:
             network.graph = CudaGraphRunner(
                 network.module, shape, self.batch_size, network.dtype, self.device
@@ -139,6 +149,22 @@ class TorchBackend(Backend):
                         "running FP32", model.name, 100 * disagreement)  # fmt: skip
             return None
         return _Network(module, torch.float16, tuple(model.config.input_shape))
+
+    def _optimize(
+        self, model: ModelVersion, network: _Network, probe: torch.Tensor, reference: torch.Tensor
+    ) -> torch.jit.ScriptModule:
+        """The optimized module, unless its argmax disagrees with the plain FP32 one."""
+        try:
+            module = optimized(network.module, self.device)
+            with torch.no_grad():
+                classes = module(probe.to(network.dtype)).argmax(1)
+        except RuntimeError as exc:
+            log.warning("%s: graph optimisation failed (%s); running unoptimised", model.name, exc)
+            return network.module
+        if float((classes != reference).float().mean()) > self.half_max_disagreement:
+            log.warning("%s: the optimised graph disagrees; running unoptimised", model.name)
+            return network.module
+        return module
 
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
         network = self._networks[(model.name, model.version)]
