@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -160,3 +162,19 @@ def test_config_hides_tokens_and_checks_tls_flags(tmp_path):
         ServerConfig.from_args(["--tls-cert", str(tmp_path / "a.crt")], environ={})
     with pytest.raises(SystemExit):
         ServerConfig.from_args(["--tls-client-ca", str(tmp_path / "ca.crt")], environ={})
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on ``port`` (Linux /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def test_metrics_bind_only_the_configured_address(tls_server):
+    # ServerProcess passes --metrics-host 127.0.0.1: nothing else may listen on that port.
+    assert _listening_addresses(tls_server.metrics_port) == {"127.0.0.1"}

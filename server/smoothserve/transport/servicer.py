@@ -119,6 +119,7 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         mode = MODES.get(request.options.mode, "unknown")
         model = request.model_name or "(default)"
         outcome = "error"
+        failure: tuple[grpc.StatusCode, str] | None = None
         metrics.in_progress.inc()
         try:
             log.debug(
@@ -139,20 +140,24 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
             return to_response(out)
         except SmoothServeError as error:
             outcome = "rejected" if isinstance(error, (ResourceExhausted, Unavailable)) else outcome
-            await context.abort(status_of(error), str(error))
+            failure = (status_of(error), str(error))
         except asyncio.TimeoutError:
             outcome = "deadline_exceeded"
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
+            failure = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         except Exception:
             log.exception("Predict failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            failure = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             metrics.in_progress.dec()
             metrics.requests.labels(model, mode, outcome).inc()
             metrics.request_latency.labels(model, mode).observe(time.perf_counter() - started)
+        # abort() sends the status at once: count the request first, so a scrape that follows
+        # the caller's error always includes it.
+        assert failure is not None  # every path that gets here set it
+        await context.abort(*failure)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         models = [self.plane.resolve(name) for name in sorted(self.plane.models)]
