@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
         help="reuse TSVs (and empirical results) of the same settings; compute only the rest",
     )  # fmt: skip
     p.add_argument("--certify-only", action="store_true", help="stop after writing the TSVs")
+    p.add_argument(
+        "--empirical-only", action="store_true", help="only run (and cache) the empirical attack"
+    )
     p.add_argument("--empirical-limit", type=int, default=500, help="0: no empirical attack")
     p.add_argument("--empirical-steps", type=int, default=20)
     p.add_argument("--empirical-m", type=int, default=16, help="noise draws per attack step")
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             saved = json.loads(meta.read_text())
             if {k: saved.get(k) for k in settings_now} == settings_now:
                 curves[name], timing[name] = read_tsv(tsv[name]), saved["seconds"]
-    todo = [name for name in args.models if name not in curves]
+    todo = [] if args.empirical_only else [n for n in args.models if n not in curves]
     certified = certify_models(
         args.model_repo, todo, test_set, indices, args.n0, args.n, args.alpha,
         args.concurrency, args.server_arg, progress=not args.no_progress,
@@ -98,7 +101,6 @@ def main(argv: list[str] | None = None) -> None:
         tsv[name].with_suffix(".json").write_text(json.dumps({**settings_now, "seconds": seconds}))
         curves[name], timing[name] = rows, seconds
         print(f"{name}: certified {len(rows)} images in {seconds:.0f}s", flush=True)
-    curves = {name: curves[name] for name in args.models}
     if args.certify_only:
         return
     models = {name: load_model(args.checkpoint_dir / f"{name}.pt") for name in args.models}
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
             cache.write_text(json.dumps(
                 {"settings": attack, "accuracy": empirical[name], "seconds": seconds}))  # fmt: skip
             print(f"{name}: empirical {empirical[name]} in {seconds:.0f}s", flush=True)
+    if args.empirical_only:
+        return
+    curves = {name: curves[name] for name in args.models}
     throughput = {
         name: onnx_throughput(args.model_repo / name / "1" / "model.onnx", state["input_shape"])
         for name, (_, _, state) in models.items()
