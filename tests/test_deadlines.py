@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from servers import CLEAR_INPUT, write_linear_repo, metric
+from servers import CLEAR_INPUT, metric, write_linear_repo
 
 from smoothserve.app import Server
 from smoothserve.config import ServerConfig

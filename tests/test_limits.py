@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from servers import CLEAR_INPUT, write_linear_repo, metric
+from servers import CLEAR_INPUT, metric, write_linear_repo
 
 from smoothserve.config import ServerConfig
 from smoothserve.testing import ServerProcess

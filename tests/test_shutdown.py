@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from servers import CLEAR_INPUT, health, write_linear_repo, metric
+from servers import CLEAR_INPUT, health, metric, write_linear_repo
 
 from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
