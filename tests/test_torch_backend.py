@@ -1,4 +1,5 @@
-"""The torch backend (noise drawn on the device) through a live server, on the CPU.
+"""The torch backend (noise drawn on the device) through a live server, on the CPU (or the
+device SMOOTHSERVE_TORCH_DEVICE names, e.g. cuda on a GPU host).
 
 Every model has an ONNX file and a TorchScript twin, so the same requests can be answered by
 the torch backend and by the embedded ONNX Runtime backend and their counts compared.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from smoothserve_client import SmoothServeClient  # noqa: E402
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_torchscript.py"
 CNN_SHAPE, CNN_SIGMA, CNN_CLASSES = (1, 12, 12), 0.5, 5
 SERVER_ARGS = ["--batch-size", "1024", "--max-n", "400000"]
+DEVICE = os.environ.get("SMOOTHSERVE_TORCH_DEVICE", "cpu")
 
 
 def exporter():
@@ -92,7 +95,7 @@ def twin_repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def torch_client(twin_repo):
     with ServerProcess(twin_repo, args=["--backend", "torch", *SERVER_ARGS]) as server:
-        assert "on cpu (float32)" in server.log()
+        assert f"on {DEVICE}" in server.log()
         with SmoothServeClient(server.address, timeout=120) as client:
             yield client
 
@@ -178,7 +181,7 @@ def test_device_path_keeps_no_noise_on_the_host(twin_repo, monkeypatch) -> None:
     monkeypatch.setattr("smoothserve.scheduler.fill_noisy", forbidden)
 
     async def main():
-        backend = TorchBackend(twin_repo, device="cpu")
+        backend = TorchBackend(twin_repo, device=DEVICE)
         model = latest((await backend.start())["cnn"])
         monkeypatch.setattr(backend, "classify", forbidden)
         seen: list[tuple[tuple[int, ...], int]] = []
@@ -248,9 +251,9 @@ def test_segments_draw_from_their_whole_seed() -> None:
 
     x0, x1 = np.zeros(CNN_SHAPE, np.float32), np.ones(CNN_SHAPE, np.float32)
     seed = 12345
-    out = torch.empty((6, *CNN_SHAPE))
+    out = torch.empty((6, *CNN_SHAPE), device=DEVICE)
     fill_noisy(out, [(x0, 2, seed), (x0, 2, seed + 2**32), (x1, 2, seed)], 0.5)
     assert not torch.equal(out[0:2], out[2:4])
     assert torch.allclose(out[4:6] - 1, out[0:2], atol=1e-6)
-    noise = out[0:4].flatten()
+    noise = out[0:4].flatten().cpu()
     assert abs(float(noise.mean())) < 0.1 and abs(float(noise.std()) - 0.5) < 0.05
