@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +54,12 @@ class _Network:
     dtype: torch.dtype
     shape: tuple[int, ...]
     graph: CudaGraphRunner | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TorchBackend(Backend):
+    """``half_max_disagreement``: the share of a probe batch on which FP16, or the optimised
+    graph, may change FP32's argmax before it is refused."""
+
     name = "torch"
     generates_noise = True
 
