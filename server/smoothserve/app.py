@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
+from . import repository
 from .admission import Admission
 from .backends import create_backend
 from .config import ServerConfig
@@ -44,8 +46,11 @@ class Server:
         self.metrics_port = -1
 
     async def start(self) -> None:
-        c = self.config
         models = await self.backend.start()
+        marker = repository.read_default_model(self.config.model_repo)
+        if not self.config.default_model and marker:
+            self.config = replace(self.config, default_model=marker)
+        c = self.config
         if c.default_model and c.default_model not in models:
             raise SystemExit(f"default model {c.default_model!r} not in {sorted(models)}")
         for versions in models.values():

@@ -36,7 +36,7 @@ def _csv(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ServerConfig:
     model_repo: Path = _option(Path("model_repo"), "Model repository (Triton layout).", Path)
-    default_model: str = _option("", "Model used when a request names none; empty: the only or first model.", str)
+    default_model: str = _option("", "Model used when a request names none; empty: the one named in <model-repo>/DEFAULT_MODEL, else the first by name.", str)
     host: str = _option("0.0.0.0", "Address the gRPC server binds.", str)
     port: int = _option(50051, "gRPC port; 0 picks a free one.", int)
     metrics_host: str = _option("0.0.0.0", "Address the Prometheus metrics server binds.", str)
