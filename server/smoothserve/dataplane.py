@@ -104,15 +104,14 @@ class DataPlane:
         estimating = False
         try:
             if mode == CERTIFY:
-                selection = await scheduler.count(x, n0, rng)
-                ticket.release(n0)
+                selection = await scheduler.count(x, n0, rng, ticket.release)
                 estimating = True
-                estimation = await scheduler.count(x, n, rng)
+                estimation = await scheduler.count(x, n, rng, ticket.release)
                 result = stats.certify(selection, estimation, sigma, alpha)
                 radius, p_a_lower, p_value = result.radius, result.p_a_lower, 0.0
             else:
                 estimating = True
-                selection, estimation = None, await scheduler.count(x, n, rng)
+                selection, estimation = None, await scheduler.count(x, n, rng, ticket.release)
                 result = stats.predict(estimation, alpha)
                 radius, p_a_lower, p_value = 0.0, 0.0, result.p_value
         finally:

@@ -56,7 +56,7 @@ class Metrics:
         )
         self.samples_in_flight = Gauge(
             "smoothserve_samples_in_flight", "Noisy samples admitted and not yet classified "
-            "(released per CERTIFY phase), across all models.", registry=r,
+            "(released batch by batch), across all models.", registry=r,
         )  # fmt: skip
         self.samples_in_flight_limit = Gauge(
             "smoothserve_samples_in_flight_limit", "The configured --max-samples-in-flight "

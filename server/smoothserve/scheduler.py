@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class _Job:
     future: asyncio.Future
     in_flight: int = 0
     done: bool = field(default=False)
+    on_classified: Callable[[int], None] | None = None
 
     def finish(self, error: BaseException | None = None) -> None:
         self.done = True
@@ -97,13 +99,21 @@ class BatchScheduler:
     def queue_depth(self) -> int:
         return len(self._jobs)
 
-    async def count(self, x: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+    async def count(
+        self,
+        x: np.ndarray,
+        num: int,
+        rng: np.random.Generator,
+        on_classified: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """Votes of f on ``num`` noisy copies x + N(0, sigma^2 I), one count per class.
 
         If the caller is cancelled, the job leaves the queue at once and draws no more samples.
+        ``on_classified(k)`` is called as each batch holding k of its samples is classified.
         """
         counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
         job = _Job(x, rng, num, counts, asyncio.get_running_loop().create_future())
+        job.on_classified = on_classified
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
         self._work.set()
@@ -195,6 +205,8 @@ class BatchScheduler:
                 votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
                 offset += take
                 job.in_flight -= take
+                if job.on_classified is not None:
+                    job.on_classified(take)
                 if job.done:
                     continue
                 job.counts += votes[:num_classes]
