@@ -5,13 +5,14 @@ over gRPC and FP16 through shared memory, in one run, as samples/s and ratios to
 It drives ``TritonBackend.classify`` directly (no noise, no SmoothServe front end) against the
 CPU twin of a linear model, so the figures isolate how batches travel to Triton:
 
-    .venv/bin/python bench/triton_paths.py --shape 3,224,224 --batch-size 256 --seconds 8
+    .venv/bin/python bench/triton_paths.py --shape 3,224,224 --batch-size 256 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -62,28 +63,36 @@ def main() -> None:
     parser.add_argument("--shape", default="3,224,224", help="input shape without the batch axis")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--in-flight", type=int, default=2, help="batches in flight at once")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per path")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="measured time per path and round"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     args = parser.parse_args()
     args.shape = tuple(int(d) for d in args.shape.split(","))
     sample_mb = np.prod(args.shape) * 4 / 1e6
     print(f"input {args.shape} ({sample_mb * args.batch_size:.1f} MB a batch in FP32), "
-          f"batch {args.batch_size}, {args.in_flight} in flight, {args.seconds} s a path")  # fmt: skip
-    rates: dict[str, float] = {}
+          f"batch {args.batch_size}, {args.in_flight} in flight, {args.rounds} x {args.seconds} s a path")  # fmt: skip
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in PATHS}
     with tempfile.TemporaryDirectory(prefix="triton-paths-") as tmp:
         repo = Path(tmp) / "repo"
         w = np.random.default_rng(1).standard_normal(args.shape)
         write_linear_model(repo, "bench", w / np.linalg.norm(w), 0.0, 0.5, args.shape)
         for fp16 in (False, True):
-            twin = build_twin_repository(repo, Path(tmp) / f"twin{int(fp16)}", fp16=fp16)
-            assert twin == ["bench"]
-            with TritonProcess(Path(tmp) / f"twin{int(fp16)}") as triton:
+            build_twin_repository(repo, Path(tmp) / f"twin{int(fp16)}", fp16=fp16)
+        # both Tritons up at once; the paths take turns, round after round, so that a change
+        # in the machine's load hits all of them alike; each figure is the median of its rounds
+        with TritonProcess(Path(tmp) / "twin0") as fp32, TritonProcess(Path(tmp) / "twin1") as fp16:
+            for _ in range(args.rounds):
                 for label, path_fp16, shm in PATHS:
-                    if path_fp16 == fp16:
-                        rates[label] = asyncio.run(throughput(triton.url, fp16, shm, args))
+                    url = fp16.url if path_fp16 else fp32.url
+                    samples[label].append(asyncio.run(throughput(url, path_fp16, shm, args)))
+    rates = {label: float(np.median(values)) for label, values in samples.items()}
     base = rates["fp32 grpc"]
-    print(f"{'path':<10} {'samples/s':>10} {'vs fp32 grpc':>13}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'path':<10} {'samples/s':>10} {'vs fp32 grpc':>13}   rounds")
     for label, rate in rates.items():
-        print(f"{label:<10} {rate:>10.0f} {rate / base:>12.2f}x")
+        rounds = " ".join(f"{v:.0f}" for v in samples[label])
+        print(f"{label:<10} {rate:>10.0f} {rate / base:>12.2f}x   {rounds}")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ class TritonProcess:
         self.start_timeout = start_timeout
         self.extra_args = tuple(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="triton-")
+        # the Python backend's regions in /dev/shm; a killed server leaves them behind
+        self.shm_prefix = f"twin{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self.workdir = Path(self._dir.name)
         self.backends = _backend_directory(home, self.workdir / "backends")
         self.grpc_port, self.metrics_port = free_port(), free_port()
@@ -198,13 +200,12 @@ class TritonProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
-        prefix = f"twin{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         return [
             str(self.home / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.backends}",
             f"--cache-directory={self.home / 'caches'}",
-            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=4194304",
             "--allow-http=false",
@@ -260,7 +261,7 @@ class TritonProcess:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        self._close_log()
+        self._clean_up()
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process and self.process.poll() is None:
@@ -270,9 +271,11 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self._close_log()
+        self._clean_up()
 
-    def _close_log(self) -> None:
+    def _clean_up(self) -> None:
+        for region in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            region.unlink(missing_ok=True)
         if getattr(self, "_log", None) and not self._log.closed:
             self._log.close()
 
@@ -304,10 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp16", action="store_true", help="declare FP16 inputs")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
     args = parser.parse_args(argv)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     with tempfile.TemporaryDirectory(prefix="triton-twin-") as tmp:
         names = build_twin_repository(args.model_repo, Path(tmp), args.fp16, args.threads)
         with TritonProcess(Path(tmp)) as triton:
+            # blocked only now: tritonserver would inherit the mask and ignore SIGTERM
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             print(json.dumps({"url": triton.url, "metrics": triton.metrics_url, "models": names}))
             sys.stdout.flush()
             signal.sigwait({signal.SIGINT, signal.SIGTERM})

@@ -23,12 +23,12 @@ import math
 import os
 import uuid
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
-import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from .. import repository
@@ -58,8 +58,10 @@ class Wire:
 
 @dataclass
 class ShmSlot:
+    """A POSIX shared-memory region, registered with Triton as ``name`` (key ``/name``)."""
+
     name: str
-    handle: object
+    memory: shared_memory.SharedMemory
     byte_size: int
 
 
@@ -214,9 +216,13 @@ class TritonBackend(Backend):
         for name, versions in models.items():
             for version in versions:
                 client = endpoint.client
-                ready = client is not None and await client.is_model_ready(
-                    name, version, client_timeout=self.timeout_s
-                )
+                try:
+                    ready = client is not None and await client.is_model_ready(
+                        name, version, client_timeout=self.timeout_s
+                    )
+                except InferenceServerException as exc:
+                    self.pool.mark_down(endpoint, describe(exc))
+                    return
                 if not ready:
                     log.warning(
                         "Triton %s does not serve %s version %s", endpoint.url, name, version
@@ -236,8 +242,8 @@ class TritonBackend(Backend):
         prefix = f"smoothserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for i in range(self.batches_in_flight * len(versions)):
             name = f"{prefix}-{i}"
-            handle = shm.create_shared_memory_region(name, "/" + name, byte_size, create_only=True)
-            slot = ShmSlot(name, handle, byte_size)
+            memory = shared_memory.SharedMemory(name, create=True, size=byte_size)
+            slot = ShmSlot(name, memory, byte_size)
             self._slots.append(slot)
             self._free_slots.put_nowait(slot)
         for endpoint in self.pool.endpoints:
@@ -278,12 +284,15 @@ class TritonBackend(Backend):
             infer_input = triton_grpc.InferInput(
                 model.config.input_name, list(rows.shape), wire.datatype
             )
-            data = rows if rows.dtype == wire.dtype else rows.astype(wire.dtype)
-            if slot is not None and data.nbytes <= slot.byte_size:
-                shm.set_shared_memory_region(slot.handle, [data])
-                infer_input.set_shared_memory(slot.name, data.nbytes)
+            nbytes = rows.size * wire.dtype.itemsize
+            if slot is not None and nbytes <= slot.byte_size:
+                # one pass: copy (and cast, for FP16) straight into the region
+                view = np.ndarray(rows.shape, wire.dtype, buffer=slot.memory.buf)
+                np.copyto(view, rows, casting="same_kind")
+                del view  # no export of the buffer may outlive the call (close() needs none)
+                infer_input.set_shared_memory(slot.name, nbytes)
             else:
-                infer_input.set_data_from_numpy(data)
+                infer_input.set_data_from_numpy(rows.astype(wire.dtype, copy=False))
             logits = await self._infer(model, infer_input, len(rows))
         finally:
             if slot is not None:
@@ -305,9 +314,10 @@ class TritonBackend(Backend):
                 raise self._failure(model, errors) from None
             tried.add(endpoint)
             endpoint.outstanding += size
+            client = endpoint.client
             try:
-                assert endpoint.client is not None
-                result = await endpoint.client.infer(
+                assert client is not None
+                result = await client.infer(
                     model.name,
                     [infer_input],
                     model_version=model.version,
@@ -320,7 +330,8 @@ class TritonBackend(Backend):
                 if MODEL_MISSING in str(exc.message()):
                     status = "NOT_FOUND"  # this model is not loaded there; the server is fine
                 errors.append((status, f"{endpoint.url}: {describe(exc)}"))
-                if status in ENDPOINT_FAILURES:
+                # a call on a channel that a reconnect has since replaced says nothing new
+                if status in ENDPOINT_FAILURES and endpoint.client is client:
                     self.pool.mark_down(endpoint, describe(exc))
             finally:
                 endpoint.outstanding -= size
@@ -353,5 +364,6 @@ class TritonBackend(Backend):
                         break
         await self.pool.close()
         for slot in self._slots:
-            shm.destroy_shared_memory_region(slot.handle)
+            slot.memory.close()
+            slot.memory.unlink()
         self._slots.clear()
