@@ -39,7 +39,7 @@ RUN set -eu; \
     fi
 
 FROM ${BASE_IMAGE} AS runtime
-# Empty: the server's own rule (the only, or the first, model of the repository).
+# Empty: the server's own rule (the model named in /models/DEFAULT_MODEL, else the first).
 ARG DEFAULT_MODEL=""
 RUN groupadd --gid 10001 smoothserve \
     && useradd --uid 10001 --gid smoothserve --create-home --home-dir /home/smoothserve \
