@@ -54,6 +54,9 @@ class OnnxRuntimeBackend(Backend):
     def _load(self, model: ModelVersion) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
+        # Idle ONNX Runtime workers would otherwise spin and take the cores the noise thread
+        # needs between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = self.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(model.path), options, providers=self.providers)
