@@ -284,8 +284,8 @@ a far smaller network and a far shorter schedule."""
 TRAINING_NOTE = """Training ran on the 2-core CPU machine that other work shared, so the wall
 times and the seconds per epoch (a SmoothAdv epoch takes about 50 s on an idle core, a Gaussian
 one about 10 s) measure the contention as much as the methods. Each model card gives the exact
-command line and the per-epoch log sits in `runs/<name>.log`; a command ending in `--resume`
-continued its run from `runs/<name>/last.pt`. The exported graphs (normalisation inside, dynamic
+command line, and `checkpoints/<name>.pt` keeps the per-epoch history; a command ending in
+`--resume` continued its run from the training checkpoint `runs/<name>/last.pt`. The exported graphs (normalisation inside, dynamic
 batch axis) pass `onnx.checker` and match torch to the "max abs ORT-torch" column on clean and
 noisy inputs (onnxruntime, CPUExecutionProvider)."""
 
