@@ -4,6 +4,8 @@ missing models, unreachable endpoints, and one request split over two Tritons.""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -31,7 +33,28 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def twin_repo(repo, tmp_path_factory) -> Path:
     require_tritonserver()
-    return twin(repo, tmp_path_factory.mktemp("twin"), only=("linear", "linear_small_batch"))
+    return twin(repo, tmp_path_factory.mktemp("twin"), only=("linear",))
+
+
+@pytest.fixture(scope="module")
+def explicit_triton(repo, tmp_path_factory):
+    """A Triton whose models the tests load and unload: ``linear``, ``linear_small_batch``,
+    and ``plain`` (the linear network without smoothing parameters; not loaded)."""
+    require_tritonserver()
+    dest = twin(repo, tmp_path_factory.mktemp("twin2"), only=("linear", "linear_small_batch"))
+    (dest / "plain" / "1").mkdir(parents=True)
+    config = (dest / "linear" / "config.pbtxt").read_text()
+    plain = "\n".join(line for line in config.splitlines() if "parameters" not in line)
+    (dest / "plain" / "config.pbtxt").write_text(plain.replace('"linear"', '"plain"'))
+    for item in (dest / "linear" / "1").iterdir():
+        (dest / "plain" / "1" / item.name).symlink_to(item.resolve())
+    explicit = (
+        "--model-control-mode=explicit",
+        "--load-model=linear",
+        "--load-model=linear_small_batch",
+    )
+    with TritonProcess(dest, extra_args=explicit) as triton:
+        yield triton
 
 
 def triton_args(*urls: str) -> list[str]:
@@ -74,37 +97,67 @@ def test_killing_triton_mid_certification_fails_fast_and_recovers(repo, twin_rep
         client.close()
 
 
-def test_triton_without_smoothed_models_is_refused_at_start(repo, twin_repo, tmp_path):
-    bare = tmp_path / "bare"
-    (bare / "plain" / "1").mkdir(parents=True)
-    config = (twin_repo / "linear" / "config.pbtxt").read_text()
-    plain = "\n".join(line for line in config.splitlines() if "parameters" not in line)
-    (bare / "plain" / "config.pbtxt").write_text(plain.replace('"linear"', '"plain"'))
-    for item in (twin_repo / "linear" / "1").iterdir():
-        (bare / "plain" / "1" / item.name).symlink_to(item.resolve())
-    with TritonProcess(bare) as triton, pytest.raises(RuntimeError) as refused:
-        ServerProcess(repo, triton_args(triton.url)).start()
+def eventually(call, seconds: float = 15.0):
+    """``call()`` once it stops raising UNAVAILABLE (a probe of a just-resumed server may
+    itself time out on a loaded machine), or its last error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except SmoothServeError as error:
+            if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_hung_triton_gives_deadline_exceeded_then_recovers(repo, explicit_triton):
+    triton = explicit_triton
+    args = [*triton_args(triton.url), "--triton-timeout-s", "2"]
+    with ServerProcess(repo, args) as server, SmoothServeClient(server.address) as client:
+        assert client.predict("linear", X, n0=10, n=100, timeout=30).n == 100
+        # tritonserver alone (its Python stubs keep running): alive, accepting, never answering
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(SmoothServeError) as hung:
+                client.predict("linear", X, n0=10, n=100, timeout=30)
+            assert hung.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, hung.value
+            assert time.monotonic() - started < 8.0
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        assert eventually(lambda: client.predict("linear", X, n0=10, n=100, timeout=30)).n == 100
+
+
+def test_triton_without_smoothed_models_is_refused_at_start(repo, explicit_triton):
+    with triton_grpc.InferenceServerClient(explicit_triton.url) as admin:
+        admin.unload_model("linear"), admin.unload_model("linear_small_batch")
+        admin.load_model("plain")
+        try:
+            with pytest.raises(RuntimeError) as refused:
+                ServerProcess(repo, triton_args(explicit_triton.url)).start()
+        finally:
+            admin.unload_model("plain")
+            admin.load_model("linear"), admin.load_model("linear_small_batch")
     message = str(refused.value)
     assert "serves no smoothed model" in message and "plain" in message and "sigma" in message
 
 
-def test_model_unloaded_from_triton_gives_a_clear_status(repo, twin_repo):
-    explicit = ("--model-control-mode=explicit", "--load-model=*")
+def test_model_unloaded_from_triton_gives_a_clear_status(repo, explicit_triton):
     with (
-        TritonProcess(twin_repo, extra_args=explicit) as triton,
-        ServerProcess(repo, triton_args(triton.url)) as server,
+        ServerProcess(repo, triton_args(explicit_triton.url)) as server,
         SmoothServeClient(server.address, timeout=30) as client,
+        triton_grpc.InferenceServerClient(explicit_triton.url) as admin,
     ):
-        admin = triton_grpc.InferenceServerClient(triton.url)
         admin.unload_model("linear")
-        with pytest.raises(SmoothServeError) as missing:
-            client.predict("linear", X, n0=10, n=100)
-        assert missing.value.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
-        assert "linear" in missing.value.details
-        assert client.predict("linear_small_batch", X, n0=10, n=100).n == 100  # others still run
-        admin.load_model("linear")
+        try:
+            with pytest.raises(SmoothServeError) as missing:
+                client.predict("linear", X, n0=10, n=100)
+            assert missing.value.code == grpc.StatusCode.NOT_FOUND, missing.value
+            assert "linear" in missing.value.details and "not loaded" in missing.value.details
+            assert client.predict("linear_small_batch", X, n0=10, n=100).n == 100  # unaffected
+        finally:
+            admin.load_model("linear")
         assert client.predict("linear", X, n0=10, n=100).n == 100
-        admin.close()
 
 
 def test_unreachable_endpoints_give_unavailable_promptly():

@@ -109,7 +109,7 @@ class TritonBackend(Backend):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         up = await self.pool.connect_all()
-        while loop.time() < deadline and not await self._any_ready(up):  # Triton may be starting
+        while loop.time() < deadline and not await self._any_settled(up):
             await asyncio.sleep(0.5)
             up = [e for e in self.pool.endpoints if e.up]
         if not up:
@@ -123,10 +123,18 @@ class TritonBackend(Backend):
             await self._create_slots(models)
         return models
 
-    async def _any_ready(self, endpoints: list[Endpoint]) -> bool:
+    async def _any_settled(self, endpoints: list[Endpoint]) -> bool:
+        """An endpoint that is ready, or at least loading nothing any more (with strict
+        readiness, one model that failed or was unloaded keeps the server unready)."""
         for endpoint in endpoints:
+            client = endpoint.client
             try:
-                if endpoint.client and await endpoint.client.is_server_ready(client_timeout=2.0):
+                if client is None:
+                    continue
+                if await client.is_server_ready(client_timeout=2.0):
+                    return True
+                index = await client.get_model_repository_index(as_json=True, client_timeout=2.0)
+                if all(m.get("state") != "LOADING" for m in index.get("models", [])):
                     return True
             except InferenceServerException:
                 continue
