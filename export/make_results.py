@@ -2,7 +2,7 @@
 """Regenerate docs/results.md from the committed models (the "results command").
 
     python export/make_results.py                      # full run: 1000 images, n=10000
-    python export/make_results.py --limit 20 --n 1000 --scratch /tmp/results   # quick look
+    python export/make_results.py --limit 20 --n 1000 --empirical-limit 20 --scratch /tmp/results
 
 Certification goes through the real gRPC server (``smoothserve.testing.ServerProcess`` on
 ``model_repo``) and the client; the empirical robust accuracy is the SmoothAdv PGD attack in

@@ -48,7 +48,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--server-arg", action="append", default=[], help="passed to the server")
+    p.add_argument(
+        "--server-arg", action="append", default=None,
+        help="a flag for the server, repeatable (default: --batch-size 1024)",
+    )  # fmt: skip
     p.add_argument(
         "--reuse-tsv", action="store_true",
         help="reuse TSVs (and empirical results) of the same settings; compute only the rest",
@@ -75,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.server_arg is None:
+        args.server_arg = ["--batch-size", "1024"]  # the CNN's max_batch_size: fewer ORT calls
     torch.set_num_threads(1)
     docs = (args.scratch / "docs") if args.scratch else ROOT / "docs"
     tsv_root = (args.scratch / "tsv") if args.scratch else args.model_repo
@@ -173,7 +178,9 @@ def _document(args, argv, curves, models, empirical, throughput, timing, setting
         "",
         (
             f"This version was produced by `{command}`. Quick look: `--limit 20 --n 1000 "
-            "--scratch /tmp/results` (writes nothing into the repository)."
+            "--empirical-limit 20 --scratch /tmp/results` (writes nothing into the repository). "
+            "With `--reuse-tsv`, certification TSVs and empirical results of the same settings "
+            "are read back from `model_repo/<name>/` instead of recomputed."
         ),
         "",
         (
@@ -277,17 +284,18 @@ and only the sigma = 0.5 models reach r >= 1. The choice of sigma moves the curv
 the training method: sigma = 0.5 gives up clean accuracy for reach. An attack gives an upper
 bound on robust accuracy and a certificate a lower bound, so the dashed curves should lie above
 the solid ones, up to sampling (fewer images; PREDICT with fewer samples abstains more easily);
-their gap is the slack of the certificate plus the weakness of the attack. Absolute numbers differ from the paper's CIFAR-10/ImageNet figures: other data,
-a far smaller network and a far shorter schedule."""
+their gap is the slack of the certificate plus the weakness of the attack. Absolute numbers
+differ from the paper's CIFAR-10/ImageNet figures: other data, a far smaller network and a far
+shorter schedule."""
 
 
 TRAINING_NOTE = """Training ran on the 2-core CPU machine that other work shared, so the wall
 times and the seconds per epoch (a SmoothAdv epoch takes about 50 s on an idle core, a Gaussian
 one about 10 s) measure the contention as much as the methods. Each model card gives the exact
 command line, and `checkpoints/<name>.pt` keeps the per-epoch history; a command ending in
-`--resume` continued its run from the training checkpoint `runs/<name>/last.pt`. The exported graphs (normalisation inside, dynamic
-batch axis) pass `onnx.checker` and match torch to the "max abs ORT-torch" column on clean and
-noisy inputs (onnxruntime, CPUExecutionProvider)."""
+`--resume` continued its run from the training checkpoint `runs/<name>/last.pt`. The exported
+graphs (normalisation inside, dynamic batch axis) pass `onnx.checker` and match torch to the
+"max abs ORT-torch" column on clean and noisy inputs (onnxruntime, CPUExecutionProvider)."""
 
 GPU_NOTE = """No GPU machine was lent to this task, so everything above ran on 2 CPU cores, and
 there are no ResNet-110 (CIFAR-10) or ResNet-50 (ImageNet) figures: the training code supports
