@@ -5,6 +5,7 @@ shared memory and FP16."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from triton_helpers import (
     write_repo,
 )
 
+from smoothserve.backends.triton import TritonBackend
+from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import fill_noisy, noise_generator
 from smoothserve.repository import sha256_of
 from smoothserve.testing import ServerProcess
@@ -159,3 +162,16 @@ def test_fp16_batches_on_an_fp16_model(repo, triton, tmp_path):
     with pytest.raises(RuntimeError, match="--triton-fp16 needs an FP16-input model"):
         args = ["--backend", "triton", "--triton-urls", triton.url, "--triton-fp16", "true"]
         ServerProcess(repo, args).start()
+
+
+def test_sha256_from_a_parameter_or_an_identical_local_copy(repo):
+    """No Triton needed: the rule of backends/triton.py's docstring, case by case."""
+    config = SmoothModelConfig.from_pbtxt((repo / "linear" / "config.pbtxt").read_text())
+    backend = TritonBackend(["127.0.0.1:1"], model_repo=repo)
+    local = sha256_of(repo / "linear" / "1" / "model.onnx")
+    assert backend._sha256(config, "1") == local
+    declared = replace(config, extra_parameters={"sha256": "ab" * 32})
+    assert backend._sha256(declared, "1") == "ab" * 32  # the config's word wins
+    assert backend._sha256(replace(config, sigma=0.25), "1") == ""  # another model
+    assert backend._sha256(config, "2") == ""  # no such version here
+    assert TritonBackend(["127.0.0.1:1"])._sha256(config, "1") == ""  # no local repository

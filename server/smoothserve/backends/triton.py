@@ -198,6 +198,7 @@ class TritonBackend(Backend):
         return Wire(datatype, dtype, rows)
 
     def _sha256(self, config: SmoothModelConfig, version: str) -> str:
+        """The ``sha256`` parameter, else the hash of an identical local copy, else ""."""
         if config.extra_parameters.get("sha256"):
             return config.extra_parameters["sha256"]
         if self.model_repo is None:
@@ -206,14 +207,14 @@ class TritonBackend(Backend):
         try:
             mine = SmoothModelConfig.from_pbtxt((local.parent.parent / "config.pbtxt").read_text())
         except (OSError, ValueError, KeyError):
+            mine = None
+        if mine is None or not local.is_file():
+            log.info("%s version %s: no local copy, model_sha256 left empty", config.name, version)
             return ""
-        same = all(
-            getattr(mine, f) == getattr(config, f)
-            for f in ("sigma", "labels", "input_shape", "value_range", "input_name", "output_name")
-        )
-        if not same or not local.is_file():
+        fields = ("sigma", "labels", "input_shape", "value_range", "input_name", "output_name")
+        if any(getattr(mine, f) != getattr(config, f) for f in fields):
             log.warning(
-                "%s: the local copy in %s differs; model_sha256 left empty",
+                "%s: the copy in %s has another config than Triton's; model_sha256 left empty",
                 config.name,
                 self.model_repo,
             )
