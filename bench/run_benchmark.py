@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "export"))
 
 from smoothserve.certify import certify  # noqa: E402
 from smoothserve.model_config import SmoothModelConfig  # noqa: E402
+from smoothserve.noise import NoiseStream, fill_noisy, noise_generator  # noqa: E402
 from smoothserve.testing import ServerProcess  # noqa: E402
 from smoothserve_client import SmoothServeClient  # noqa: E402
 from smoothserve_client.datasets import load_fashion_mnist  # noqa: E402
@@ -71,6 +72,21 @@ def raw_throughput(onnx_path: Path, shape, batch_sizes, seconds: float) -> dict[
             done += batch
         rates[batch] = done / (time.perf_counter() - started)
     return rates
+
+
+def noise_throughput(shape, batch: int, seconds: float) -> float:
+    """Samples/s of the server's host noise alone (x + sigma * N(0, I)), on all cores."""
+    threads = os.cpu_count() or 1
+    stream = NoiseStream(noise_generator(), tuple(shape))
+    out = np.empty((batch, *shape), np.float32)
+    x = np.full(shape, 0.5, np.float32)
+    done, started = 0, time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        while time.perf_counter() - started < seconds:
+            pieces = stream.pieces(out, done)
+            list(pool.map(lambda p: fill_noisy(p[0], x, 0.5, p[1]), pieces))
+            done += batch
+    return done / (time.perf_counter() - started)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -172,6 +188,9 @@ def main() -> None:
     raw = raw_throughput(onnx_path, config.input_shape, (64, 256) if quick else (64, 128, 256, 512, 1024), 0.3 if quick else 3.0)
     best_batch = max(raw, key=raw.get)
     print("raw ONNX Runtime images/s by batch size:", {b: round(r) for b, r in raw.items()})
+    noise = noise_throughput(config.input_shape, best_batch, 0.3 if quick else 3.0)
+    ceiling = 1 / (1 / raw[best_batch] + 1 / noise)
+    print(f"host noise alone: {noise:,.0f} samples/s; noise + network on the same cores: {ceiling:,.0f}")
 
     runs: list[EndToEnd] = []
     rss: dict[int, float] = {}
@@ -199,17 +218,18 @@ def main() -> None:
         "server ÷ raw, 1 client": one.samples_per_s / best_raw,
         "server ÷ raw, 8 clients": eight.samples_per_s / best_raw,
     }
+    print(f"ratio server ÷ (noise + network) ceiling, 8 clients: {eight.samples_per_s / ceiling:.2f}")
     if baseline:
         ratios["server ÷ eager-torch baseline, 1 client"] = one.samples_per_s / baseline
         print(f"baseline (eager torch, reference loop): {baseline:,.0f} samples/s")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     if not quick:
-        write_report(args.out, model, best_batch, raw, runs, baseline, ratios, rss)
+        write_report(args.out, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling)
         print(f"wrote {args.out}")
 
 
-def write_report(path: Path, model, best_batch, raw, runs, baseline, ratios, rss) -> None:
+def write_report(path: Path, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling) -> None:
     targets = {
         "server ÷ raw, 1 client": 0.9, "server ÷ raw, 8 clients": 0.9,
         "server ÷ eager-torch baseline, 1 client": 2.0,
@@ -231,13 +251,18 @@ def write_report(path: Path, model, best_batch, raw, runs, baseline, ratios, rss
         "|---|---|",
         *[f"| {b} | {r:,.0f} |" for b, r in raw.items()],
         "",
+        f"Host noise alone (x + σ·N(0, I) for {best_batch} samples, on all cores, as the server "
+        f"draws it): {noise:,.0f} samples/s. Noise and network sharing the same cores can do at "
+        f"most 1 / (1/raw + 1/noise) = **{ceiling:,.0f} samples/s** "
+        f"({ceiling / raw[best_batch]:.2f} × raw).",
+        "",
         "## End to end through gRPC",
         "",
-        "| clients | n | certificates | noisy samples/s | ÷ raw | p50 latency (s) | p99 latency (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| clients | n | certificates | noisy samples/s | ÷ raw | ÷ ceiling | p50 latency (s) | p99 latency (s) |",
+        "|---|---|---|---|---|---|---|---|",
         *[
             f"| {r.clients} | {r.n:,} | {r.certificates} | {r.samples_per_s:,.0f} | "
-            f"{r.samples_per_s / raw[best_batch]:.2f} | {r.p50:.2f} | {r.p99:.2f} |"
+            f"{r.samples_per_s / raw[best_batch]:.2f} | {r.samples_per_s / ceiling:.2f} | {r.p50:.2f} | {r.p99:.2f} |"
             for r in runs
         ],
         "",

@@ -12,7 +12,7 @@ import pytest
 from models import write_histogram_model
 from scipy import stats
 
-from smoothserve.noise import fill_noisy, noise_generator
+from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
 from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient
 
@@ -175,3 +175,40 @@ def test_a_seed_reproduces_counts_across_batching_and_concurrency(servers):
     with SmoothServeClient(big.address) as client:
         other = client.predict("pixel", GREY, n0=100, n=5000, seed=seed + 1)
     assert (other.counts, other.selection_counts) != reference
+
+
+# NoiseStream: the noise of a job as a function of the sample index ---------------------------
+
+
+def test_noise_stream_ignores_how_the_samples_are_cut():
+    shape = (1, 28, 28)  # 167 samples per chunk
+    whole = np.empty((1_000, *shape), np.float32)
+    for rows, generator in NoiseStream(noise_generator(5), shape).pieces(whole, 0):
+        generator.standard_normal(out=rows, dtype=np.float32)
+    cut = np.empty_like(whole)
+    stream, start = NoiseStream(noise_generator(5), shape), 0
+    for size in (7, 300, 1, 166, 526):
+        pieces = stream.pieces(cut[start : start + size], start)
+        for rows, generator in reversed(pieces):  # any order within a call
+            generator.standard_normal(out=rows, dtype=np.float32)
+        start += size
+    assert np.array_equal(whole, cut)
+
+
+def test_noise_stream_chunks_and_streams_are_independent():
+    shape = (1, 28, 28)
+    rng = noise_generator(9)
+    first, second = NoiseStream(rng, shape), NoiseStream(rng, shape)  # selection, estimation
+    a = np.empty((2_000, *shape), np.float32)
+    b = np.empty_like(a)
+    for stream, out in ((first, a), (second, b)):
+        for rows, generator in stream.pieces(out, 0):
+            generator.standard_normal(out=rows, dtype=np.float32)
+    chunk = first.chunk
+    flat = a.reshape(len(a), -1)
+    chunks = [flat[i : i + chunk].ravel() for i in range(0, len(a) - chunk, chunk)]
+    # No chunk repeats another, and neighbouring chunks are uncorrelated.
+    assert len({c[:16].tobytes() for c in chunks}) == len(chunks)
+    for left, right in zip(chunks, chunks[1:], strict=False):
+        assert abs(np.corrcoef(left, right[: len(left)])[0, 1]) < 0.01
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01

@@ -14,11 +14,14 @@ from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler
 
 
-async def make_scheduler(repo, batch_size: int, depth: int = 1):
+async def make_scheduler(repo, batch_size: int, depth: int = 1, noise_threads: int = 1):
     backend = OnnxRuntimeBackend(repo, providers=["CPUExecutionProvider"])
     model = latest((await backend.start())["linear"])
     metrics = Metrics()
-    scheduler = BatchScheduler(model, backend, metrics, batch_size=batch_size, pipeline_depth=depth)
+    scheduler = BatchScheduler(
+        model, backend, metrics, batch_size=batch_size, pipeline_depth=depth,
+        noise_threads=noise_threads,
+    )  # fmt: skip
     scheduler.start()
     return scheduler, metrics
 
@@ -67,8 +70,8 @@ def test_a_large_request_does_not_starve_a_small_one(linear_repo) -> None:
 
 
 def test_seeded_counts_do_not_depend_on_batching(linear_repo) -> None:
-    async def run(batch_size: int, others: int):
-        scheduler, _ = await make_scheduler(linear_repo, batch_size=batch_size, depth=2)
+    async def run(batch_size: int, others: int, threads: int = 1):
+        scheduler, _ = await make_scheduler(linear_repo, batch_size, depth=2, noise_threads=threads)
         x = np.full(LINEAR_SHAPE, 0.5, np.float32)
         noise = [scheduler.count(x, 3_000, noise_generator(100 + i)) for i in range(others)]
         target = scheduler.count(x, 5_000, noise_generator(7))
@@ -79,3 +82,5 @@ def test_seeded_counts_do_not_depend_on_batching(linear_repo) -> None:
     alone = asyncio.run(run(batch_size=4096, others=0))
     assert asyncio.run(run(batch_size=100, others=3)) == alone
     assert asyncio.run(run(batch_size=777, others=5)) == alone
+    assert asyncio.run(run(batch_size=1024, others=2, threads=2)) == alone
+    assert asyncio.run(run(batch_size=4096, others=0, threads=3)) == alone

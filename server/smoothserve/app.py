@@ -56,8 +56,9 @@ class Server:
         for versions in models.values():
             for model in versions.values():
                 scheduler = BatchScheduler(
-                    model, self.backend, self.metrics, c.batch_size, c.effective_pipeline_depth
-                )
+                    model, self.backend, self.metrics, c.batch_size, c.effective_pipeline_depth,
+                    c.effective_noise_threads,
+                )  # fmt: skip
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
         self.plane = plane = DataPlane(models, self.schedulers, c, self.metrics, self.admission)

@@ -50,7 +50,8 @@ class ServerConfig:
     torch_half: bool = _option(True, "Torch backend on CUDA: run the network in FP16 when its argmax agrees with FP32 on a probe batch at load, else FP32.", _bool)
     torch_cuda_graphs: bool = _option(False, "Torch backend on CUDA: replay the network as a CUDA graph captured for --batch-size (shorter batches padded).", _bool)
     batch_size: int = _option(256, "Noisy samples per backend batch.", int)
-    pipeline_depth: int = _option(2, "Backend batches in flight per model; the triton backend uses at least 2 per endpoint.", int)
+    pipeline_depth: int = _option(3, "Backend batches in flight per model; the triton backend uses at least 2 per endpoint.", int)
+    noise_threads: int = _option(0, "Threads drawing host noise per model; 0: one per core.", int)
     intra_op_threads: int = _option(0, "ONNX Runtime intra-op threads; 0: one per core.", int)
     inter_op_threads: int = _option(1, "ONNX Runtime inter-op threads.", int)
     providers: tuple[str, ...] = _option((), "ONNX Runtime execution providers, comma-separated; empty: CUDA if installed, else CPU.", _csv)
@@ -129,6 +130,10 @@ class ServerConfig:
         if problems:
             parser.error("; ".join(problems))
         return config
+
+    @property
+    def effective_noise_threads(self) -> int:
+        return self.noise_threads or os.cpu_count() or 1
 
     @property
     def effective_pipeline_depth(self) -> int:

@@ -3,8 +3,10 @@
 Each request is a job: an input, a count of samples still to draw and its own noise
 generator. Batches are cut round-robin across jobs, each getting an equal share of a batch,
 so eight concurrent requests fill batches together and a large request cannot starve small
-ones. Noise is generated one batch at a time, never n copies at once; a single noise thread
-keeps each job's draws in order, so seeded requests are reproducible.
+ones. Noise is generated one batch at a time, never n copies at once. Batches are filled
+one after another (a fill overlaps the backend's run of the previous batch), each fill
+spread over ``noise_threads`` threads by the chunks of each job's ``NoiseStream``, so seeded
+requests are reproducible whatever the batching.
 
 A backend with ``generates_noise`` draws the noise on its device instead: the scheduler keeps
 no host buffers and hands it, per segment, the clean input, a count and a seed drawn in order
@@ -28,7 +30,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .metrics import Metrics
-from .noise import fill_noisy
+from .noise import NoiseStream, fill_noisy
 from .repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class _Job:
     remaining: int
     counts: np.ndarray
     future: asyncio.Future
+    stream: NoiseStream | None = None  # host noise; None when the backend draws it
+    assigned: int = 0  # samples cut into batches so far: the next sample's index
     in_flight: int = 0
     done: bool = field(default=False)
     on_classified: Callable[[int], None] | None = None
@@ -64,6 +68,7 @@ class BatchScheduler:
         metrics: Metrics,
         batch_size: int = 256,
         pipeline_depth: int = 2,
+        noise_threads: int = 1,
     ) -> None:
         self.model = model
         self.backend = backend
@@ -79,7 +84,13 @@ class BatchScheduler:
                 if backend.generates_noise
                 else np.empty((batch_size, *model.config.input_shape), np.float32)
             )
-        self._noise_thread = ThreadPoolExecutor(1, thread_name_prefix=f"noise-{model.name}")
+        # One thread orders the fills; the pool draws each fill's chunks in parallel.
+        self._noise_thread = ThreadPoolExecutor(1, thread_name_prefix=f"fill-{model.name}")
+        self._noise_pool = (
+            ThreadPoolExecutor(noise_threads, thread_name_prefix=f"noise-{model.name}")
+            if noise_threads > 1 and not backend.generates_noise
+            else None
+        )
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
 
@@ -94,6 +105,8 @@ class BatchScheduler:
         for job in self._jobs:
             job.finish(asyncio.CancelledError())
         self._noise_thread.shutdown(wait=False, cancel_futures=True)
+        if self._noise_pool:
+            self._noise_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def queue_depth(self) -> int:
@@ -113,6 +126,8 @@ class BatchScheduler:
         """
         counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
         job = _Job(x, rng, num, counts, asyncio.get_running_loop().create_future())
+        if not self.backend.generates_noise:
+            job.stream = NoiseStream(rng, self.model.config.input_shape)
         job.on_classified = on_classified
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
@@ -145,9 +160,11 @@ class BatchScheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _cut_batch(self) -> list[tuple[_Job, int]]:
-        """Round-robin: every waiting job gets an equal share of the batch, then leftovers."""
-        segments: dict[_Job, int] = {}
+    def _cut_batch(self) -> list[tuple[_Job, int, int]]:
+        """Round-robin: every waiting job gets an equal share of the batch, then leftovers.
+
+        Returns (job, index of its first sample, samples) for each job in the batch."""
+        segments: dict[_Job, tuple[int, int]] = {}
         space = self.batch_size
         while space:
             waiting = [job for job in self._jobs if job.remaining and not job.done]
@@ -156,34 +173,42 @@ class BatchScheduler:
             share = max(1, math.ceil(space / len(waiting)))
             for job in waiting:
                 take = min(share, job.remaining, space)
+                start, taken = segments.get(job, (job.assigned, 0))
+                segments[job] = (start, taken + take)
+                job.assigned += take
                 job.remaining -= take
                 job.in_flight += take
-                segments[job] = segments.get(job, 0) + take
                 space -= take
                 if not space:
                     break
         self._jobs.rotate(-1)  # the next batch starts with another job
-        return list(segments.items())
+        return [(job, start, take) for job, (start, take) in segments.items()]
 
-    def _fill(self, buffer: np.ndarray, segments: list[tuple[_Job, int]]) -> int:
-        offset = 0
+    def _fill(self, buffer: np.ndarray, segments: list[tuple[_Job, int, int]]) -> int:
         sigma = self.model.config.sigma
-        for job, size in segments:
-            fill_noisy(buffer[offset : offset + size], job.x, sigma, job.rng)
-            offset += size
+        work, offset = [], 0
+        for job, start, take in segments:
+            for rows, generator in job.stream.pieces(buffer[offset : offset + take], start):
+                work.append((rows, job.x, generator))
+            offset += take
+        if self._noise_pool is None or len(work) == 1:
+            for rows, x, generator in work:
+                fill_noisy(rows, x, sigma, generator)
+        else:
+            list(self._noise_pool.map(lambda w: fill_noisy(w[0], w[1], sigma, w[2]), work))
         return offset
 
     async def _process(
-        self, buffer: np.ndarray | None, segments: list[tuple[_Job, int]]
+        self, buffer: np.ndarray | None, segments: list[tuple[_Job, int, int]]
     ) -> None:
         name = self.model.name
         try:
             if buffer is None:  # the backend draws the noise on its device
                 # Seeds are drawn here, before any await, so in the order batches were cut.
                 device_segments = [
-                    (job.x, take, int(job.rng.integers(2**63))) for job, take in segments
+                    (job.x, take, int(job.rng.integers(2**63))) for job, _, take in segments
                 ]
-                size = sum(take for _, take in segments)
+                size = sum(take for _, _, take in segments)
                 started = time.perf_counter()
                 classes = await self.backend.classify_noisy(
                     self.model, device_segments, self.model.config.sigma
@@ -201,7 +226,7 @@ class BatchScheduler:
             self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
             offset = 0
             num_classes = self.model.config.num_classes
-            for job, take in segments:
+            for job, _, take in segments:
                 votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
                 offset += take
                 job.in_flight -= take
@@ -216,7 +241,7 @@ class BatchScheduler:
             raise
         except Exception as exc:  # the backend failed: every job in this batch fails with it
             log.warning("batch of %s failed: %s", name, exc)
-            for job, _ in segments:
+            for job, _, _ in segments:
                 job.finish(exc)
                 self._drop(job)
         finally:
