@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +119,36 @@ def end_to_end(address: str, model: str, image, clients: int, n: int, per_client
     )
 
 
+def triton_paths(repo: Path, model: str, image, n: int, tmp: Path) -> dict[str, dict[int, float]]:
+    """End to end through SmoothServe on the Triton backend (the CPU twin of the model, served
+    by the bundled tritonserver): plain gRPC, system shared memory, FP16; samples/s by clients."""
+    from smoothserve.triton_twin import TritonProcess, build_twin_repository, tritonserver_home
+
+    if tritonserver_home() is None:
+        print("Triton paths skipped: nvidia-pytriton (tritonserver) is not installed")
+        return {}
+    variants = {
+        "Triton, gRPC": (False, []),
+        "Triton, shared memory": (False, ["--triton-shm", "true"]),
+        "Triton, FP16 over gRPC": (True, ["--triton-fp16", "true"]),
+    }
+    results: dict[str, dict[int, float]] = {}
+    for name, (fp16, flags) in variants.items():
+        twin = tmp / ("twin16" if fp16 else "twin32")
+        if not twin.exists():
+            build_twin_repository(repo, twin, fp16=fp16, threads=os.cpu_count() or 1, only=(model,))
+        with TritonProcess(twin) as triton, ServerProcess(
+            repo, ["--backend", "triton", "--triton-urls", triton.url, "--log-level", "WARNING", *flags]
+        ) as server:
+            end_to_end(server.address, model, image, 1, 1_000, 1)  # warm-up
+            results[name] = {
+                clients: end_to_end(server.address, model, image, clients, n, per_client).samples_per_s
+                for clients, per_client in ((1, 2), (8, 1))
+            }
+        print(f"{name}: " + ", ".join(f"{c} clients {r:,.0f} samples/s" for c, r in results[name].items()))
+    return results
+
+
 def torch_baseline(checkpoint: Path, image, sigma: float, n: int, batch: int = 1000) -> float | None:
     """Noisy samples/s of the reference algorithm as an eager-torch loop (Cohen et al.'s core.py)."""
     if not checkpoint.exists():
@@ -210,6 +241,8 @@ def main() -> None:
             rss[n] = peak_rss_mib(server.process.pid)
             print(f"peak server RSS after the n = {n:,} runs: {rss[n]:.0f} MiB")
 
+    with tempfile.TemporaryDirectory() as tmp:
+        triton = triton_paths(args.model_repo, model, image, sizes[0], Path(tmp))
     baseline = torch_baseline(args.checkpoint_dir / f"{model}.pt", image, config.sigma, sizes[0])
     best_raw = raw[best_batch]
     one = next(r for r in runs if r.clients == 1 and r.n == sizes[0])
@@ -225,11 +258,14 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     if not quick:
-        write_report(args.out, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling)
+        write_report(args.out, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling, triton)
         print(f"wrote {args.out}")
 
 
-def write_report(path: Path, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling) -> None:
+def write_report(
+    path: Path, model, best_batch, raw, runs, baseline, ratios, rss, noise, ceiling, triton
+) -> None:
+    embedded = {r.clients: r.samples_per_s for r in runs if r.n == 10_000}
     targets = {
         "server ÷ raw, 1 client": 0.9, "server ÷ raw, 8 clients": 0.9,
         "server ÷ eager-torch baseline, 1 client": 2.0,
@@ -272,6 +308,22 @@ def write_report(path: Path, model, best_batch, raw, runs, baseline, ratios, rss
         "",
         (f"{baseline:,.0f} noisy samples/s (one certificate, n = 10,000, batch 1000, same weights)."
          if baseline else "Not run (torch or the checkpoint missing)."),
+        "",
+        "## Triton backend paths",
+        "",
+        "SmoothServe on `--backend triton` against the model's CPU twin (the same `model.onnx` in "
+        "Triton's Python backend, bundled `tritonserver` 2.51, on the same 2 cores), n = 10,000. "
+        "On this machine Triton shares the cores with SmoothServe and runs the network through a "
+        "Python stub, so these figures measure the transport, not a GPU deployment "
+        "(see [triton.md](triton.md)).",
+        "",
+        "| path | 1 client (samples/s) | 8 clients (samples/s) | 8 clients ÷ embedded |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {r[1]:,.0f} | {r[8]:,.0f} | {r[8] / embedded[8]:.2f} |"
+            for name, r in triton.items()
+        ],
+        "" if triton else "Not run: nvidia-pytriton is not installed.",
         "",
         "## Ratios against targets",
         "",

@@ -1,0 +1,45 @@
+"""The server loads and serves every model committed to model_repo/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smoothserve.model_config import SmoothModelConfig
+from smoothserve.repository import sha256_of
+from smoothserve.testing import ServerProcess
+from smoothserve_client import SmoothServeClient
+from smoothserve_client.datasets import load_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1] / "model_repo"
+COMMITTED = sorted(p.name for p in REPO.iterdir() if (p / "config.pbtxt").exists())
+
+
+@pytest.fixture(scope="module")
+def client():
+    with ServerProcess(REPO) as server, SmoothServeClient(server.address, timeout=120) as c:
+        yield c
+
+
+def test_every_committed_model_is_listed(client) -> None:
+    assert len(COMMITTED) >= 4
+    assert sorted(m.name for m in client.list_models()) == COMMITTED
+
+
+def test_the_default_model_is_the_one_named_in_the_repository(client) -> None:
+    test_set = load_fashion_mnist()
+    result = client.predict("", test_set.images[0], n=200)
+    assert result.model_name == (REPO / "DEFAULT_MODEL").read_text().strip()
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_every_committed_model_certifies_real_images(client, name: str) -> None:
+    config = SmoothModelConfig.from_pbtxt((REPO / name / "config.pbtxt").read_text())
+    test_set = load_fashion_mnist()
+    results = [client.predict(name, test_set.images[i], n=2_000, seed=i) for i in range(10)]
+    for r in results:
+        assert r.sigma == config.sigma and r.model_name == name
+        assert r.model_sha256 == sha256_of(REPO / name / r.model_version / "model.onnx")
+    correct = sum(r.prediction == int(test_set.labels[i]) for i, r in enumerate(results))
+    assert correct >= 6, f"{name}: {correct}/10 correct"
