@@ -178,3 +178,20 @@ def _listening_addresses(port: int) -> set[str]:
 def test_metrics_bind_only_the_configured_address(tls_server):
     # ServerProcess passes --metrics-host 127.0.0.1: nothing else may listen on that port.
     assert _listening_addresses(tls_server.metrics_port) == {"127.0.0.1"}
+
+
+def test_health_probe_speaks_tls_when_the_server_does(tls_server, mtls_server, pki):
+    from smoothserve import healthcheck
+
+    def probe(server, environ, *flags) -> int:
+        return healthcheck.main(["--address", server.address, "--quiet", *flags], environ=environ)
+
+    assert probe(tls_server, {}) == 1  # plaintext against a TLS port
+    # Inside the container the server's own environment says TLS and what to trust.
+    env = {"SMOOTHSERVE_TLS_CERT": str(pki.server.cert), "SMOOTHSERVE_HEALTHCHECK_TLS_CA": str(pki.ca.cert)}
+    assert probe(tls_server, env) == 0
+    assert probe(tls_server, {}, "--tls-ca", str(pki.rogue_ca.cert)) == 1
+    assert probe(mtls_server, env) == 1  # mutual TLS wants a client certificate
+    client = {"SMOOTHSERVE_HEALTHCHECK_TLS_CERT": str(pki.client.cert),
+              "SMOOTHSERVE_HEALTHCHECK_TLS_KEY": str(pki.client.key)}  # fmt: skip
+    assert probe(mtls_server, {**env, **client}) == 0
