@@ -133,3 +133,13 @@ def test_metrics_move_with_requests(server, client) -> None:
     assert delta('smoothserve_batch_size_count{model="linear"}') >= 4
     assert delta('smoothserve_backend_latency_seconds_count{backend="onnxruntime",model="linear"}') >= 4
     assert 'smoothserve_queue_depth{model="linear"}' in after
+
+
+def test_unknown_model_names_do_not_become_metric_labels(server, client) -> None:
+    for name in ("resnet-a", "resnet-b", "x" * 200):
+        with pytest.raises(SmoothServeError) as error:
+            client.predict(name, grey(), n=10)
+        assert error.value.code == grpc.StatusCode.NOT_FOUND
+    labels = {key for key in scrape(server) if key.startswith("smoothserve_requests_total")}
+    assert not any("resnet" in key or "xxxx" in key for key in labels)
+    assert any('model="(unknown)"' in key for key in labels)

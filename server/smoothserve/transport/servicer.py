@@ -117,7 +117,11 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         metrics = self.plane.metrics
         started = time.perf_counter()
         mode = MODES.get(request.options.mode, "unknown")
-        model = request.model_name or "(default)"
+        # A metric label from a client-chosen string would let clients grow the metrics without
+        # bound: names the server does not serve are all counted as "(unknown)".
+        model = request.model_name if request.model_name in self.plane.models else (
+            "(unknown)" if request.model_name else "(default)"
+        )
         outcome = "error"
         failure: tuple[grpc.StatusCode, str] | None = None
         metrics.in_progress.inc()
