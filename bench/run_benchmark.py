@@ -273,8 +273,8 @@ def write_report(
     lines = [
         "# Benchmarks",
         "",
-        "Produced by `.venv/bin/python bench/run_benchmark.py` (one run; every figure below comes "
-        f"from it), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Produced by `.venv/bin/python bench/run_benchmark.py` (one run; every figure down to "
+        f"the analysis section comes from it; the sections after it name their own commands), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         f"- Machine: {machine()}.",
         f"- Model: `{model}` ({'×'.join(map(str, SmoothModelConfig.from_pbtxt((ROOT / 'model_repo' / model / 'config.pbtxt').read_text()).input_shape))} input), "
