@@ -39,7 +39,7 @@ def noise_only(shape, threads: int, batches: int = 30, batch: int = 1024) -> flo
 
 async def scheduler_rate(model_name: str, threads: int, batch: int, depth: int, n: int) -> float:
     backend = OnnxRuntimeBackend(ROOT / "model_repo", ["CPUExecutionProvider"], max_concurrent_batches=depth)
-    model = latest((await backend.start())[model_name])
+    model = latest((await backend.start()).ready[model_name])
     scheduler = BatchScheduler(model, backend, Metrics(), batch, depth, threads)
     scheduler.start()
     x = np.random.rand(*model.config.input_shape).astype(np.float32)

@@ -63,7 +63,7 @@ def random_cnn_repo(root: Path) -> tuple[Path, str]:
 
 
 async def samples_per_s(backend: Backend, name: str, n: int, jobs: int, batch: int) -> float:
-    model = latest((await backend.start())[name])
+    model = latest((await backend.start()).ready[name])
     scheduler = BatchScheduler(model, backend, Metrics(), batch_size=batch, pipeline_depth=2)
     scheduler.start()
     low, high = model.config.value_range

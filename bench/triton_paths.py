@@ -35,8 +35,7 @@ async def throughput(url: str, fp16: bool, shm: bool, args: argparse.Namespace) 
     backend = TritonBackend(
         [url], fp16=fp16, use_shm=shm, batch_size=args.batch_size, batches_in_flight=args.in_flight
     )
-    models = await backend.start()
-    model = models["bench"]["1"]
+    model = (await backend.start()).ready["bench"]["1"]
     rng = np.random.default_rng(0)
     batches = [
         rng.random((args.batch_size, *args.shape), dtype=np.float32) for _ in range(args.in_flight)

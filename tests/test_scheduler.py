@@ -16,7 +16,7 @@ from smoothserve.scheduler import BatchScheduler
 
 async def make_scheduler(repo, batch_size: int, depth: int = 1, noise_threads: int = 1):
     backend = OnnxRuntimeBackend(repo, providers=["CPUExecutionProvider"])
-    model = latest((await backend.start())["linear"])
+    model = latest((await backend.start()).ready["linear"])
     metrics = Metrics()
     scheduler = BatchScheduler(
         model, backend, metrics, batch_size=batch_size, pipeline_depth=depth,

@@ -105,7 +105,7 @@ def embedded_counts(repo: Path, name: str, x: np.ndarray, sizes: tuple[int, ...]
 
     async def main():
         backend = OnnxRuntimeBackend(repo, providers=["CPUExecutionProvider"])
-        model = latest((await backend.start())[name])
+        model = latest((await backend.start()).ready[name])
         scheduler = BatchScheduler(model, backend, Metrics(), batch_size=1024)
         scheduler.start()
         rng = noise_generator()
@@ -182,7 +182,7 @@ def test_device_path_keeps_no_noise_on_the_host(twin_repo, monkeypatch) -> None:
 
     async def main():
         backend = TorchBackend(twin_repo, device=DEVICE)
-        model = latest((await backend.start())["cnn"])
+        model = latest((await backend.start()).ready["cnn"])
         monkeypatch.setattr(backend, "classify", forbidden)
         seen: list[tuple[tuple[int, ...], int]] = []
         classify_noisy = backend.classify_noisy
@@ -216,7 +216,7 @@ def test_host_backends_keep_their_buffers(twin_repo) -> None:
 
     async def main():
         backend = OnnxRuntimeBackend(twin_repo, providers=["CPUExecutionProvider"])
-        model = latest((await backend.start())["cnn"])
+        model = latest((await backend.start()).ready["cnn"])
         scheduler = BatchScheduler(model, backend, Metrics(), batch_size=64, pipeline_depth=2)
         tokens = [scheduler._free.get_nowait() for _ in range(2)]
         await backend.close()
@@ -234,7 +234,7 @@ def test_models_without_torchscript_are_refused(tmp_path) -> None:
 
 def test_half_precision_falls_back_when_it_disagrees(twin_repo) -> None:
     backend = TorchBackend(twin_repo, device="cpu")
-    model = latest(asyncio.run(backend.start())["linear"])
+    model = latest(asyncio.run(backend.start()).ready["linear"])
     path = Path(model.path).parent / "model.pt"
     probe = backend._probe_batch(model)
     reference = backend._networks[("linear", "1")].module(probe).argmax(1)

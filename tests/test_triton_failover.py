@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
+from servers import metric
 from triton_helpers import SHAPE, near_boundary, require_tritonserver, twin, weights, write_repo
 
 from smoothserve.backends.triton import TritonBackend
@@ -83,13 +84,23 @@ def test_killing_triton_mid_certification_fails_fast_and_recovers(repo, twin_rep
         assert not thread.is_alive()
         assert outcome["error"].code == grpc.StatusCode.UNAVAILABLE, outcome
         assert outcome["at"] - killed < 5.0
-        assert triton.url in outcome["error"].details
+        # the client learns what failed, not Triton's address or its raw gRPC error
+        details = outcome["error"].details
+        assert "Triton" in details and "linear" in details, details
+        assert triton.url not in details and "127.0.0.1" not in details, details
+        assert triton.url in server.log()  # the operator still sees where it failed
+        # and the error-rate alert sees the outage: an error, under the model asked for
+        assert metric(server.metrics_url, "smoothserve_requests_total", model="linear",
+                      outcome="error") >= 1  # fmt: skip
+        assert metric(server.metrics_url, "smoothserve_requests_total", outcome="rejected") == 0
 
         started = time.monotonic()  # while Triton is down: UNAVAILABLE at once, no hang
         with pytest.raises(SmoothServeError) as down:
-            client.predict("linear", X, n0=10, n=100)
+            client.predict("", X, n0=10, n=100)  # the default model: counted under its name
         assert down.value.code == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 2.0
+        assert "127.0.0.1" not in down.value.details, down.value.details
+        assert metric(server.metrics_url, "smoothserve_requests_total", model="(default)") == 0
 
         triton.start()  # same ports; SmoothServe is not restarted
         result = client.predict("linear", X, n0=100, n=2000, seed=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .errors import ResourceExhausted, Unavailable
+from .errors import ResourceExhausted, ShuttingDown
 from .metrics import Metrics
 
 
@@ -50,7 +50,7 @@ class Admission:
     def admit(self, samples: int) -> Ticket:
         if self.draining:
             self.metrics.rejected.labels("shutting_down").inc()
-            raise Unavailable("the server is shutting down; retry on another replica")
+            raise ShuttingDown("the server is shutting down; retry on another replica")
         if self.requests >= self.max_requests:
             self.metrics.rejected.labels("concurrent_requests").inc()
             raise ResourceExhausted(

@@ -60,6 +60,8 @@ class ServerConfig:
     default_alpha: float = _option(0.001, "Failure probability when a request sets none.", float)
     max_n0: int = _option(100_000, "Largest n0 a request may ask for.", int)
     max_n: int = _option(1_000_000, "Largest n a request may ask for.", int)
+    min_n: int = _option(1, "Smallest n a request may ask for: a deployment's floor on the evidence behind a certificate.", int)
+    max_alpha: float = _option(0.5, "Largest alpha a request may ask for: a deployment's guarantee level (a certificate holds with probability at least 1 - alpha); alpha itself always lies below 0.5.", float)
     max_message_bytes: int = _option(16 * 1024 * 1024, "Largest request message, in bytes.", int)
     max_samples_in_flight: int = _option(4_000_000, "Noisy samples (n0 + n) admitted across all requests at once; a request that would exceed it gets RESOURCE_EXHAUSTED instead of queueing.", int)
     max_concurrent_requests: int = _option(256, "Predict requests served at once; more get RESOURCE_EXHAUSTED.", int)
@@ -69,6 +71,7 @@ class ServerConfig:
     tls_client_ca: Path | None = _option(None, "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).", Path)
     auth_tokens_file: Path | None = _option(None, "File of bearer tokens, one per line ('#' comments); when set (or with --auth-tokens), calls need 'authorization: Bearer <token>'.", Path)
     auth_tokens: tuple[str, ...] = _option((), "Bearer tokens, comma-separated; prefer the environment variable or the file, a flag shows in ps.", _csv, secret=True)
+    exit_on_error: bool = _option(True, "Exit at start-up when a model fails to load (as Triton's --exit-on-error); false: serve the others and report the failed ones in ListModels, GetModelInfo and the smoothserve_models metric.", _bool)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
     log_level: str = _option("INFO", "Logging level.", str, ("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -149,8 +152,16 @@ class ServerConfig:
                 found.append(f"{name} must be at least 1")
         if not 0 < self.default_alpha < 0.5:
             found.append("default_alpha must lie in (0, 0.5)")
+        if not 0 < self.max_alpha <= 0.5:
+            found.append("max_alpha must lie in (0, 0.5]")
         if self.default_n > self.max_n or self.default_n0 > self.max_n0:
             found.append("defaults must not exceed the maxima")
+        if self.default_alpha > self.max_alpha or not 1 <= self.min_n <= self.default_n:
+            found.append("default_alpha must not exceed max_alpha, nor min_n default_n")
+        for name in ("port", "metrics_port"):
+            low = -1 if name == "metrics_port" else 0
+            if not low <= getattr(self, name) <= 65535:
+                found.append(f"{name} must lie in [{low}, 65535], got {getattr(self, name)}")
         if self.max_samples_in_flight < self.max_n0 + self.max_n:
             found.append("max_samples_in_flight must be at least max_n0 + max_n")
         if self.max_concurrent_requests < 1 or self.grace_period_s < 0:

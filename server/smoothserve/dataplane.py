@@ -3,6 +3,7 @@ the scheduler, and applies the statistics. It knows nothing of gRPC."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -12,14 +13,36 @@ import numpy as np
 from . import certify as stats
 from .admission import Admission
 from .config import ServerConfig
-from .errors import InvalidArgument, NotFound
+from .errors import BadState, InvalidArgument, ModelFailed, NotFound
 from .metrics import Metrics
 from .noise import noise_generator
 from .repository import ModelVersion, latest
 from .scheduler import BatchScheduler
 
+log = logging.getLogger(__name__)
 CERTIFY, PREDICT = "certify", "predict"
 DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+# Checked before anything else is read from a request, so that no error message, log line or
+# copy grows with what a client sends.
+MAX_NAME_CHARS = 256
+MAX_VERSION_CHARS = 19  # a version is a decimal number that fits in int64
+MAX_RANK = 8
+QUOTE_CHARS = 64
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """Client data in a message: repr of at most ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
+def check_request_bounds(model_name: str, model_version: str, rank: int) -> None:
+    """The bounds a request must meet before the server copies or quotes any of it."""
+    if len(model_name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"model name longer than {MAX_NAME_CHARS} characters")
+    if len(model_version) > MAX_VERSION_CHARS:
+        raise InvalidArgument(f"model version longer than {MAX_VERSION_CHARS} characters")
+    if rank > MAX_RANK:
+        raise InvalidArgument(f"input shape has {rank} dimensions; at most {MAX_RANK} are allowed")
 
 
 @dataclass(frozen=True)
@@ -65,8 +88,10 @@ class DataPlane:
         config: ServerConfig,
         metrics: Metrics,
         admission: Admission | None = None,
+        failed: dict[str, str] | None = None,
     ) -> None:
         self.models = models
+        self.failed = failed or {}  # model name -> why it failed to load
         self.schedulers = schedulers
         self.config = config
         self.metrics = metrics
@@ -75,15 +100,31 @@ class DataPlane:
         )
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
+        check_request_bounds(name, version, 0)
         name = name or self.default_model_name()
+        if name in self.failed:
+            raise ModelFailed(f"model {name!r} failed to load: {self.failed[name]}")
         versions = self.models.get(name)
         if versions is None:
-            raise NotFound(f"model {name!r} is not served; models: {sorted(self.models)}")
+            raise NotFound(f"model {quote(name)} is not served; models: {sorted(self.models)}")
         if not version:
             return latest(versions)
         if version not in versions:
-            raise NotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions)}")
+            raise NotFound(
+                f"model {name!r} has no version {quote(version)}; versions: {sorted(versions)}"
+            )
         return versions[version]
+
+    def metric_label(self, name: str) -> str:
+        """The model label of a request's metrics: its model, or the default when it names
+        none. Names the server does not know all count as "(unknown)", so clients cannot grow
+        the metrics without bound."""
+        if not name:
+            try:
+                name = self.default_model_name()
+            except NotFound:
+                return "(unknown)"
+        return name if name in self.models or name in self.failed else "(unknown)"
 
     def default_model_name(self) -> str:
         if self.config.default_model:
@@ -95,23 +136,29 @@ class DataPlane:
     async def predict(self, request: PredictInput) -> PredictOutput:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
-        x = decode_input(request, model)
         mode, n0, n, alpha = self.sampling_plan(request)
-        scheduler = self.schedulers[(model.name, model.version)]
-        rng = noise_generator(request.seed)
-        sigma = model.config.sigma
+        # Admission first: a refusal costs the server nothing, whatever the input.
         ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n)
         estimating = False
         try:
+            x = decode_input(request, model)
+            scheduler = self.schedulers[(model.name, model.version)]
+            rng = noise_generator(request.seed)
+            sigma = model.config.sigma
             if mode == CERTIFY:
                 selection = await scheduler.count(x, n0, rng, ticket.release)
+                check_counts(selection, n0, model)
                 estimating = True
                 estimation = await scheduler.count(x, n, rng, ticket.release)
+                check_counts(estimation, n, model)
                 result = stats.certify(selection, estimation, sigma, alpha)
                 radius, p_a_lower, p_value = result.radius, result.p_a_lower, 0.0
+                if not (math.isfinite(radius) and radius >= 0):
+                    raise BadState(f"{model.name}: radius {radius} is not a finite number >= 0")
             else:
                 estimating = True
                 selection, estimation = None, await scheduler.count(x, n, rng, ticket.release)
+                check_counts(estimation, n, model)
                 result = stats.predict(estimation, alpha)
                 radius, p_a_lower, p_value = 0.0, 0.0, result.p_value
         finally:
@@ -153,7 +200,23 @@ class DataPlane:
             raise InvalidArgument(f"n must lie in [1, {c.max_n}], got {n}")
         if not (math.isfinite(alpha) and 0 < alpha < 0.5):
             raise InvalidArgument(f"alpha must lie in (0, 0.5), got {alpha}")
+        if alpha > c.max_alpha:
+            raise InvalidArgument(f"this server certifies at alpha <= {c.max_alpha}, got {alpha}")
+        if n < c.min_n:
+            raise InvalidArgument(f"this server needs n >= {c.min_n}, got {n}")
         return request.mode, n0, n, alpha
+
+
+def check_counts(counts: np.ndarray, drawn: int, model: ModelVersion) -> None:
+    """Votes must account for every sample drawn, one per class of the model: anything else
+    means a backend and its config disagree, and no certificate may come of it."""
+    total = int(counts.sum())
+    if counts.shape != (model.config.num_classes,) or total != drawn or counts.min() < 0:
+        log.error(
+            "%s version %s: %d votes over %d classes for %d samples drawn; no certificate",
+            model.name, model.version, total, counts.size, drawn,
+        )  # fmt: skip
+        raise BadState(f"model {model.name!r} gave inconsistent votes; no certificate was made")
 
 
 def decode_input(request: PredictInput, model: ModelVersion) -> np.ndarray:

@@ -23,3 +23,16 @@ class Unavailable(SmoothServeError):
 
 class DeadlineExceeded(SmoothServeError):
     pass
+
+
+class ShuttingDown(Unavailable):
+    """Refused at the door while the server drains: a rejection, not an error."""
+
+
+class ModelFailed(Unavailable):
+    """The model named failed to load; the message gives the reason."""
+
+
+class BadState(SmoothServeError):
+    """An internal inconsistency (such as counts that do not sum to the samples drawn): the
+    request fails with an error status and a log line, and no certificate is built."""

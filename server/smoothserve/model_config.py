@@ -8,16 +8,38 @@ A SmoothServe model directory is a Triton model directory::
 Smoothing metadata lives in the config's ``parameters`` (string values, as Triton requires):
 ``sigma``, ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
 ``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in).
+
+The file is parsed by protobuf's ``text_format`` against ``schema/model_config.proto`` (the
+fields of Triton's ModelConfig that SmoothServe reads), so any config Triton accepts parses
+the same here, and a broken one fails with its line and column. Every value a certificate
+depends on is then checked (``SmoothModelConfig.problems``): a config that fails is an error,
+never a model served with a wrong sigma or too few labels.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from google.protobuf import json_format, text_format
+
+from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
+
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+SMOOTHING_PARAMETERS = ("sigma", "labels", "input_shape", "value_range")
+# Noise of up to this many standard deviations must stay finite in float32.
+MAX_SIGMA = float(np.finfo(np.float32).max) / 1e3
+
+
+class ModelConfigError(ValueError):
+    """A config that cannot be served; the message names the problem (not the file)."""
+
+
+class NotSmoothed(ModelConfigError):
+    """A config without the smoothing parameters: another model, which Triton may also serve."""
 
 
 @dataclass(frozen=True)
@@ -34,13 +56,43 @@ class SmoothModelConfig:
     instance_count: int = 1
     preferred_batch_sizes: tuple[int, ...] = (256, 512, 1024)
     extra_parameters: dict[str, str] = field(default_factory=dict)
+    input_data_type: str = "TYPE_FP32"
+    output_dims: tuple[int, ...] = ()  # as declared; () when the config declares none
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def to_pbtxt(self) -> str:
-        dims = ", ".join(str(d) for d in self.input_shape)
+    def problems(self) -> list[str]:
+        """Why this config cannot be served (empty when it can)."""
+        found = []
+        if not (math.isfinite(self.sigma) and 0 < self.sigma <= MAX_SIGMA):
+            found.append(f"sigma must be a finite positive number, got {self.sigma!r}")
+        if not all(isinstance(label, str) for label in self.labels):
+            found.append("labels must be strings")
+        elif len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            found.append("labels must list at least two distinct class names")
+        low, high = self.value_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            found.append(f"value_range must be finite with low < high, got {list(self.value_range)}")
+        if not self.input_shape or any(d < 1 for d in self.input_shape):
+            found.append(f"input_shape must have positive dims, got {list(self.input_shape)}")
+        declared = [d for d in self.output_dims if d != -1]
+        if declared and declared != [self.num_classes]:
+            found.append(
+                f"output dims {list(self.output_dims)} disagree with the {self.num_classes} labels"
+            )
+        if self.max_batch_size < 0:
+            found.append("max_batch_size must not be negative")
+        return found
+
+    def check(self) -> SmoothModelConfig:
+        problems = self.problems()
+        if problems:
+            raise ModelConfigError("; ".join(problems))
+        return self
+
+    def to_proto(self) -> ModelConfig:
         params = {
             "sigma": repr(float(self.sigma)),
             "labels": json.dumps(list(self.labels)),
@@ -48,75 +100,83 @@ class SmoothModelConfig:
             "value_range": json.dumps(list(self.value_range)),
             **self.extra_parameters,
         }
-        lines = [
-            f'name: "{self.name}"',
-            f'platform: "{self.platform}"',
-            f"max_batch_size: {self.max_batch_size}",
-            "input [",
-            "  {",
-            f'    name: "{self.input_name}"',
-            "    data_type: TYPE_FP32",
-            f"    dims: [ {dims} ]",
-            "  }",
-            "]",
-            "output [",
-            "  {",
-            f'    name: "{self.output_name}"',
-            "    data_type: TYPE_FP32",
-            f"    dims: [ {self.num_classes} ]",
-            "  }",
-            "]",
-            "dynamic_batching {",
-            f"  preferred_batch_size: [ {', '.join(map(str, self.preferred_batch_sizes))} ]",
-            "  max_queue_delay_microseconds: 200",
-            "}",
-            "instance_group [",
-            "  {",
-            f"    count: {self.instance_count}",
-            "    kind: KIND_AUTO",
-            "  }",
-            "]",
-        ]
+        config = ModelConfig(
+            name=self.name, platform=self.platform, max_batch_size=self.max_batch_size
+        )
+        config.input.add(
+            name=self.input_name,
+            data_type=DataType.Value(self.input_data_type),
+            dims=self.input_shape,
+        )
+        config.output.add(
+            name=self.output_name, data_type=DataType.TYPE_FP32, dims=[self.num_classes]
+        )
+        config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = 200
+        config.instance_group.add(count=self.instance_count, kind=InstanceGroup.KIND_AUTO)
         for key, value in params.items():
-            lines.append(f'parameters {{ key: "{key}" value {{ string_value: {_quote(value)} }} }}')
-        return "\n".join(lines) + "\n"
+            config.parameters[key].string_value = value
+        return config
+
+    def to_pbtxt(self) -> str:
+        return text_format.MessageToString(self.to_proto())
 
     @classmethod
     def from_pbtxt(cls, text: str) -> SmoothModelConfig:
-        return cls.from_dict(parse_pbtxt(text))
+        """Parse and check a ``config.pbtxt``; ModelConfigError says what and, for syntax, where."""
+        try:
+            config = text_format.Parse(text, ModelConfig(), allow_unknown_field=True)
+        except text_format.ParseError as exc:
+            raise ModelConfigError(f"not a valid config.pbtxt: {_short(str(exc))}") from None
+        return cls.from_proto(config)
 
     @classmethod
-    def from_dict(cls, config: dict) -> SmoothModelConfig:
-        """Build from a parsed config, as ``parse_pbtxt`` or Triton's JSON model config give it."""
-        params = _parameters(config.get("parameters", []))
+    def from_dict(cls, raw: dict) -> SmoothModelConfig:
+        """Parse and check Triton's JSON model config (``get_model_config(as_json=True)``)."""
+        try:
+            config = json_format.ParseDict(raw, ModelConfig(), ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            raise ModelConfigError(f"not a valid model config: {_short(str(exc))}") from None
+        return cls.from_proto(config)
+
+    @classmethod
+    def from_proto(cls, config: ModelConfig) -> SmoothModelConfig:
+        params = {key: value.string_value for key, value in config.parameters.items()}
         missing = {"sigma", "labels"} - params.keys()
         if missing:
-            raise ValueError(f"config of {config.get('name')!r} lacks parameters {sorted(missing)}")
-        inputs = _as_list(config.get("input", []))
-        outputs = _as_list(config.get("output", []))
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError("a smoothed model has exactly one input and one output")
-        dims = tuple(int(d) for d in _as_list(inputs[0].get("dims", [])))
-        shape = tuple(json.loads(params["input_shape"])) if "input_shape" in params else dims
-        if dims and tuple(dims) != tuple(shape):
-            raise ValueError(f"input dims {dims} disagree with parameter input_shape {shape}")
-        known = {"sigma", "labels", "input_shape", "value_range"}
-        groups = _as_list(config.get("instance_group", [{}]))
-        preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])
+            raise NotSmoothed(f"config lacks parameters {sorted(missing)}")
+        if len(config.input) != 1 or len(config.output) != 1:
+            raise ModelConfigError("a smoothed model has exactly one input and one output")
+        model_input, output = config.input[0], config.output[0]
+        dims = tuple(int(d) for d in model_input.dims)
+        shape = tuple(_json(params, "input_shape", list(dims)))
+        if dims and dims != shape:
+            raise ModelConfigError(f"input dims {list(dims)} disagree with input_shape {list(shape)}")
+        labels = _json(params, "labels", None)
+        value_range = _json(params, "value_range", [0, 1])
+        if not isinstance(labels, list) or not isinstance(value_range, list) or len(value_range) != 2:
+            raise ModelConfigError("labels must be a JSON list, value_range a JSON [low, high]")
+        try:
+            sigma = float(params["sigma"])
+            numbers = [float(v) for v in value_range], [int(d) for d in shape]
+        except (TypeError, ValueError):
+            raise ModelConfigError("sigma, value_range and input_shape must be numbers") from None
         return cls(
-            name=str(config["name"]),
-            sigma=float(params["sigma"]),
-            labels=tuple(json.loads(params["labels"])),
-            input_shape=tuple(int(d) for d in shape),
-            value_range=tuple(float(v) for v in json.loads(params.get("value_range", "[0, 1]"))),
-            input_name=str(inputs[0]["name"]),
-            output_name=str(outputs[0]["name"]),
-            max_batch_size=int(config.get("max_batch_size", 0)),
-            platform=str(config.get("platform", config.get("backend", ""))),
-            instance_count=int(groups[0].get("count", 1)) if groups else 1,
-            preferred_batch_sizes=tuple(int(b) for b in _as_list(preferred)),
-            extra_parameters={k: v for k, v in params.items() if k not in known},
-        )
+            name=config.name,
+            sigma=sigma,
+            labels=tuple(labels),
+            input_shape=tuple(numbers[1]),
+            value_range=(numbers[0][0], numbers[0][1]),
+            input_name=model_input.name,
+            output_name=output.name,
+            max_batch_size=config.max_batch_size,
+            platform=config.platform or config.backend,
+            instance_count=(config.instance_group[0].count if config.instance_group else 0) or 1,
+            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+            extra_parameters={k: v for k, v in params.items() if k not in SMOOTHING_PARAMETERS},
+            input_data_type=DataType.Name(model_input.data_type),
+            output_dims=tuple(int(d) for d in output.dims),
+        ).check()
 
     def write(self, model_dir: Path) -> Path:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -125,99 +185,14 @@ class SmoothModelConfig:
         return path
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _json(params: dict[str, str], key: str, default):
+    if key not in params:
+        return default
+    try:
+        return json.loads(params[key])
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"parameter {key} is not valid JSON: {exc}") from None
 
 
-def _parameters(raw) -> dict[str, str]:
-    if isinstance(raw, dict) and "key" not in raw:  # Triton's JSON: {key: {string_value: ...}}
-        return {key: value["string_value"] for key, value in raw.items()}
-    return {p["key"]: p["value"]["string_value"] for p in _as_list(raw)}
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-_TOKEN = re.compile(
-    r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))', re.DOTALL
-)
-
-
-def parse_pbtxt(text: str) -> dict:
-    """Parse protobuf text format (the subset Triton configs use) into dicts and lists.
-
-    A field that appears more than once, or whose value is a ``[...]`` list, becomes a list.
-    """
-    tokens = _tokenize(text)
-    return _parse_fields(tokens, 0, closing=None)[1]
-
-
-def _tokenize(text: str) -> list[str]:
-    tokens, pos = [], 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if not match or match.end() == pos:
-            if text[pos:].strip():
-                raise ValueError(f"cannot parse config near {text[pos:pos + 30]!r}")
-            break
-        pos = match.end()
-        comment, string, punct, word = match.groups()
-        if comment is None:
-            token = string or punct or word
-            if token is not None:
-                tokens.append(token)
-    return tokens
-
-
-def _parse_fields(tokens: list[str], pos: int, closing: str | None) -> tuple[int, dict]:
-    fields: dict = {}
-    while pos < len(tokens) and tokens[pos] != closing:
-        key = tokens[pos]
-        pos += 1
-        if pos < len(tokens) and tokens[pos] == ":":
-            pos += 1
-        pos, value = _parse_value(tokens, pos)
-        if key in fields:
-            previous = fields[key]
-            fields[key] = (previous if isinstance(previous, list) else [previous]) + (
-                value if isinstance(value, list) else [value]
-            )
-        else:
-            fields[key] = value
-        if pos < len(tokens) and tokens[pos] in {",", ";"}:
-            pos += 1
-    if closing is not None:
-        if pos >= len(tokens):
-            raise ValueError(f"unbalanced config: missing {closing!r}")
-        pos += 1
-    return pos, fields
-
-
-def _parse_value(tokens: list[str], pos: int):
-    token = tokens[pos]
-    if token == "{":
-        return _parse_fields(tokens, pos + 1, closing="}")
-    if token == "[":
-        items, pos = [], pos + 1
-        while tokens[pos] != "]":
-            pos, item = _parse_value(tokens, pos)
-            items.append(item)
-            if tokens[pos] == ",":
-                pos += 1
-        return pos + 1, items
-    return pos + 1, _scalar(token)
-
-
-def _scalar(token: str):
-    if token.startswith('"'):
-        try:
-            return json.loads(token)
-        except json.JSONDecodeError:
-            return token[1:-1]
-    for kind in (int, float):
-        try:
-            return kind(token)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(token, token)
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

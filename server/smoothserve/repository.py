@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NotFound
-from .model_config import SmoothModelConfig
+from .model_config import ModelConfigError, SmoothModelConfig
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -38,35 +38,57 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan(repo: Path) -> dict[str, dict[str, ModelVersion]]:
-    """All models of a repository: name -> version -> ModelVersion.
+@dataclass
+class ModelStates:
+    """What loading a repository gave: the servable models and, by name, why others failed."""
 
-    A directory without a readable config or without any version is skipped with a warning,
-    so one broken model does not take the others down.
+    ready: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, name: str, reason: str) -> None:
+        """Mark a whole model failed (all its versions): one log line names it and the reason."""
+        log.error("model %s not served: %s", name, reason)
+        self.ready.pop(name, None)
+        self.failed[name] = reason
+
+
+def is_version_name(name: str) -> bool:
+    """Triton's version folders are decimal numbers; ``isdigit`` alone also accepts '²'."""
+    return name.isascii() and name.isdigit()
+
+
+def scan(repo: Path) -> ModelStates:
+    """All models of a repository, each with a checked config, or the reason it cannot be served.
+
+    Every failure names the file at fault, so an operator can fix it from one log line.
     """
     repo = Path(repo)
     if not repo.is_dir():
         raise NotFound(f"model repository {repo} does not exist")
-    models: dict[str, dict[str, ModelVersion]] = {}
+    states = ModelStates()
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
+        config_path = model_dir / "config.pbtxt"
         try:
-            config = SmoothModelConfig.from_pbtxt((model_dir / "config.pbtxt").read_text())
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("skipping %s: %s", model_dir, exc)
+            config = SmoothModelConfig.from_pbtxt(config_path.read_text())
+        except OSError as exc:
+            states.fail(model_dir.name, f"{config_path}: {exc.strerror or exc}")
+            continue
+        except (ModelConfigError, UnicodeDecodeError) as exc:
+            states.fail(model_dir.name, f"{config_path}: {exc}")
             continue
         if config.name != model_dir.name:
-            log.warning("skipping %s: config names it %r", model_dir, config.name)
+            states.fail(model_dir.name, f"{config_path}: names the model {config.name!r}")
             continue
         versions = {
             v.name: ModelVersion(config, v.name, sha256_of(v / MODEL_FILE), v / MODEL_FILE)
             for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()
+            if v.is_dir() and is_version_name(v.name) and (v / MODEL_FILE).is_file()
         }
         if versions:
-            models[config.name] = versions
+            states.ready[config.name] = versions
         else:
-            log.warning("skipping %s: no <version>/%s", model_dir, MODEL_FILE)
-    return models
+            states.fail(model_dir.name, f"{model_dir}: no <version>/{MODEL_FILE}")
+    return states
 
 
 def read_default_model(repo: Path) -> str:

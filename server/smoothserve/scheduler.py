@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend
+from .errors import BadState
 from .metrics import Metrics
 from .noise import NoiseStream, fill_noisy
 from .repository import ModelVersion
@@ -224,8 +225,13 @@ class BatchScheduler:
             self.metrics.noisy_samples.labels(name).inc(size)
             self.metrics.batch_size.labels(name).observe(size)
             self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
-            offset = 0
             num_classes = self.model.config.num_classes
+            if len(classes) != size or (size and not 0 <= classes.min() <= classes.max() < num_classes):
+                raise BadState(
+                    f"the backend returned {len(classes)} classes in [{classes.min(initial=0)}, "
+                    f"{classes.max(initial=0)}] for {size} samples of a {num_classes}-class model"
+                )
+            offset = 0
             for job, _, take in segments:
                 votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
                 offset += take
@@ -234,7 +240,7 @@ class BatchScheduler:
                     job.on_classified(take)
                 if job.done:
                     continue
-                job.counts += votes[:num_classes]
+                job.counts += votes
                 if job.remaining == 0 and job.in_flight == 0:
                     job.finish()
         except asyncio.CancelledError:

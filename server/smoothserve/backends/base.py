@@ -4,7 +4,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..repository import ModelVersion
+from ..model_config import ModelConfigError, SmoothModelConfig
+from ..repository import ModelStates, ModelVersion
 
 NoisySegment = tuple[np.ndarray, int, int]  # (clean input (C, H, W), count, seed)
 
@@ -20,8 +21,11 @@ class Backend(ABC):
     generates_noise: bool = False
 
     @abstractmethod
-    async def start(self) -> dict[str, dict[str, ModelVersion]]:
-        """Load or discover models; return name -> version -> ModelVersion."""
+    async def start(self) -> ModelStates:
+        """Load or discover models: those ready to serve, and why the others failed.
+
+        A model is ready only once its network was checked against its config (input shape,
+        output name, one logit per label), so no certificate comes from a mismatched pair."""
 
     @abstractmethod
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
@@ -39,3 +43,26 @@ class Backend(ABC):
 
     async def close(self) -> None:
         return None
+
+
+def probe_batch(config: SmoothModelConfig, rows: int = 2) -> np.ndarray:
+    """A small batch of clean inputs in the model's pixel range, to check a network at load."""
+    low, high = config.value_range
+    return np.full((rows, *config.input_shape), (low + high) / 2, np.float32)
+
+
+def check_logits(config: SmoothModelConfig, logits: np.ndarray, rows: int) -> None:
+    """The network must give one logit per label: otherwise votes for the classes the config
+    does not name would be lost, and a certificate built from the rest would be false."""
+    if logits.shape != (rows, config.num_classes):
+        raise ModelConfigError(
+            f"the network outputs logits of shape {list(logits.shape[1:])} per input, but the "
+            f"config has {config.num_classes} labels"
+        )
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """A short, one-line description of ``error`` for a log line or a status message."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -11,8 +11,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import repository
-from ..repository import ModelVersion
-from .base import Backend
+from ..model_config import ModelConfigError
+from ..repository import ModelStates, ModelVersion
+from .base import Backend, check_logits, first_line, probe_batch
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,16 @@ class OnnxRuntimeBackend(Backend):
         self._executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="ort")
         self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
 
-    async def start(self) -> dict[str, dict[str, ModelVersion]]:
-        models = repository.scan(self.model_repo)
-        for versions in models.values():
+    async def start(self) -> ModelStates:
+        states = repository.scan(self.model_repo)
+        for name, versions in list(states.ready.items()):
             for model in versions.values():
-                self._sessions[(model.name, model.version)] = self._load(model)
-        return models
+                try:
+                    self._sessions[(name, model.version)] = self._load(model)
+                except Exception as exc:  # a corrupt file raises whatever ONNX Runtime raises
+                    states.fail(name, f"{model.path}: {first_line(exc)}")
+                    break
+        return states
 
     def _load(self, model: ModelVersion) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -60,11 +65,29 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = self.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(model.path), options, providers=self.providers)
+        config = model.config
         inputs, outputs = session.get_inputs(), session.get_outputs()
-        if [i.name for i in inputs] != [model.config.input_name]:
-            raise ValueError(f"{model.path}: inputs {[i.name for i in inputs]}, config says {model.config.input_name!r}")
-        if model.config.output_name not in [o.name for o in outputs]:
-            raise ValueError(f"{model.path}: no output {model.config.output_name!r}")
+        if [i.name for i in inputs] != [config.input_name]:
+            raise ModelConfigError(
+                f"the network's inputs are {[i.name for i in inputs]}, the config says "
+                f"{config.input_name!r}"
+            )
+        if config.output_name not in [o.name for o in outputs]:
+            raise ModelConfigError(
+                f"the network has no output {config.output_name!r} (it has "
+                f"{[o.name for o in outputs]})"
+            )
+        declared = inputs[0].shape[1:]
+        if len(declared) != len(config.input_shape) or any(
+            isinstance(d, int) and d != want for d, want in zip(declared, config.input_shape, strict=True)
+        ):
+            raise ModelConfigError(
+                f"the network takes inputs of shape {declared}, the config says "
+                f"{list(config.input_shape)}"
+            )
+        probe = probe_batch(config)
+        (logits,) = session.run([config.output_name], {config.input_name: probe})
+        check_logits(config, logits, len(probe))
         log.info("loaded %s version %s on %s", model.name, model.version, session.get_providers())
         return session
 

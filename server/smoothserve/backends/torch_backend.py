@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .. import repository
-from ..repository import ModelVersion
-from .base import Backend, NoisySegment
+from ..repository import ModelStates, ModelVersion
+from .base import Backend, NoisySegment, check_logits, first_line
 from .torch_graphs import CudaGraphRunner
 
 log = logging.getLogger(__name__)
@@ -86,22 +86,21 @@ class TorchBackend(Backend):
         self._executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="torch")
         self._networks: dict[tuple[str, str], _Network] = {}
 
-    async def start(self) -> dict[str, dict[str, ModelVersion]]:
-        models: dict[str, dict[str, ModelVersion]] = {}
-        found = repository.scan(self.model_repo)
-        for name, versions in found.items():
+    async def start(self) -> ModelStates:
+        states = repository.scan(self.model_repo)
+        for name, versions in list(states.ready.items()):
             for version, model in versions.items():
                 path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
                 if path is None or not path.is_file():
-                    log.warning("skipping %s version %s: no %s", name, version, TORCHSCRIPT_FILE)
-                    continue
-                self._networks[(name, version)] = self._load(model, path)
-                models.setdefault(name, {})[version] = model
-        if found and not models:
-            raise RuntimeError(
-                f"no {TORCHSCRIPT_FILE} in {self.model_repo}: run scripts/export_torchscript.py"
-            )
-        return models
+                    states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
+                                      "(run export/export_torchscript.py)")  # fmt: skip
+                    break
+                try:
+                    self._networks[(name, version)] = self._load(model, path)
+                except Exception as exc:  # a corrupt file raises whatever torch raises
+                    states.fail(name, f"{path}: {first_line(exc)}")
+                    break
+        return states
 
     def _load(self, model: ModelVersion, path: Path) -> _Network:
         shape = tuple(model.config.input_shape)
@@ -109,8 +108,7 @@ class TorchBackend(Backend):
         probe = self._probe_batch(model)
         with torch.no_grad():
             logits = module(probe)
-        if tuple(logits.shape) != (len(probe), model.config.num_classes):
-            raise ValueError(f"{path}: logits {tuple(logits.shape)} for a batch of {len(probe)}")
+        check_logits(model.config, logits.cpu().numpy(), len(probe))
         network = _Network(module, torch.float32, shape)
         if self.half:
             network = self._try_half(model, path, probe, logits.argmax(1)) or network

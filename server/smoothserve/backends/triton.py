@@ -33,8 +33,8 @@ from tritonclient.utils import InferenceServerException
 
 from .. import repository
 from ..errors import DeadlineExceeded, NotFound, Unavailable
-from ..model_config import SmoothModelConfig
-from ..repository import ModelVersion
+from ..model_config import ModelConfigError, NotSmoothed, SmoothModelConfig
+from ..repository import ModelStates, ModelVersion
 from .base import Backend
 from .triton_pool import MAX_MESSAGE_BYTES, Endpoint, EndpointPool, describe
 
@@ -105,7 +105,7 @@ class TritonBackend(Backend):
 
     # --- start-up: discovery ---------------------------------------------------------------
 
-    async def start(self) -> dict[str, dict[str, ModelVersion]]:
+    async def start(self) -> ModelStates:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         up = await self.pool.connect_all()
@@ -116,12 +116,12 @@ class TritonBackend(Backend):
             raise Unavailable(
                 f"Triton did not become ready in {self.timeout_s} s: {self.pool.summary()}"
             )
-        models = await self._discover(up[0])
+        states = await self._discover(up[0])
         for endpoint in up[1:]:
-            await self._check_same_models(endpoint, models)
+            await self._check_same_models(endpoint, states.ready)
         if self.use_shm:
-            await self._create_slots(models)
-        return models
+            await self._create_slots(states.ready)
+        return states
 
     async def _any_settled(self, endpoints: list[Endpoint]) -> bool:
         """An endpoint that is ready, or at least loading nothing any more (with strict
@@ -140,11 +140,14 @@ class TritonBackend(Backend):
                 continue
         return False
 
-    async def _discover(self, endpoint: Endpoint) -> dict[str, dict[str, ModelVersion]]:
+    async def _discover(self, endpoint: Endpoint) -> ModelStates:
+        """Triton's ready smoothed models; one whose config fails its checks is failed, and
+        models without smoothing parameters are skipped (Triton may serve others too)."""
         client = endpoint.client
         assert client is not None
         index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
-        models: dict[str, dict[str, ModelVersion]] = {}
+        states = ModelStates()
+        models = states.ready
         skipped = []
         for entry in index.get("models", []):
             name, version = entry.get("name", ""), entry.get("version", "")
@@ -157,10 +160,17 @@ class TritonBackend(Backend):
             raw = raw.get("config", raw)
             try:
                 config = SmoothModelConfig.from_dict(raw)
-                wire = self._wire_for(config, raw)
-            except (ValueError, KeyError) as exc:
-                log.warning("Triton %s: not serving %s: %s", endpoint.url, name, exc)
+            except NotSmoothed as exc:
+                log.info("Triton %s: not serving %s: %s", endpoint.url, name, exc)
                 skipped.append(f"{name} ({exc})")
+                continue
+            except ModelConfigError as exc:
+                states.fail(name, f"Triton's config of {name} version {version}: {exc}")
+                continue
+            try:
+                wire = self._wire_for(config)
+            except ValueError as exc:
+                states.fail(name, f"{name} version {version}: {exc}")
                 continue
             self._wire[(name, version)] = wire
             sha = self._sha256(config, version)
@@ -173,15 +183,15 @@ class TritonBackend(Backend):
                 wire.datatype,
                 wire.rows,
             )
-        if not models:
+        if not models and not states.failed:
             raise NotFound(
                 f"Triton {endpoint.url} serves no smoothed model (a ready model whose config has "
                 f"sigma and labels parameters); found: {', '.join(skipped) or 'no model'}"
             )
-        return models
+        return states
 
-    def _wire_for(self, config: SmoothModelConfig, raw: dict) -> Wire:
-        data_type = raw["input"][0].get("data_type", "TYPE_FP32")
+    def _wire_for(self, config: SmoothModelConfig) -> Wire:
+        data_type = config.input_data_type
         if data_type not in WIRE_TYPES:
             raise ValueError(f"input type {data_type} is not supported (FP32 or FP16)")
         if self.fp16 and data_type != "TYPE_FP16":
@@ -206,7 +216,7 @@ class TritonBackend(Backend):
         local = Path(self.model_repo) / config.name / version / repository.MODEL_FILE
         try:
             mine = SmoothModelConfig.from_pbtxt((local.parent.parent / "config.pbtxt").read_text())
-        except (OSError, ValueError, KeyError):
+        except (OSError, ModelConfigError):
             mine = None
         if mine is None or not local.is_file():
             log.info("%s version %s: no local copy, model_sha256 left empty", config.name, version)
@@ -346,17 +356,16 @@ class TritonBackend(Backend):
                 endpoint.outstanding -= size
 
     def _failure(self, model: ModelVersion, errors: list[tuple[str, str]]) -> Exception:
-        if not errors:
-            return Unavailable(self.pool.summary())
-        detail = "; ".join(message for _, message in errors)
+        """The error for the client: what failed, never Triton's addresses or raw errors,
+        which go to the log."""
+        detail = "; ".join(message for _, message in errors) or self.pool.summary()
+        log.warning("Triton could not run %s version %s: %s", model.name, model.version, detail)
         statuses = {status for status, _ in errors}
         if statuses == {"NOT_FOUND"}:
-            return NotFound(
-                f"model {model.name!r} version {model.version} is not loaded on Triton ({detail})"
-            )
+            return NotFound(f"model {model.name!r} version {model.version} is not loaded on Triton")
         if "DEADLINE_EXCEEDED" in statuses and statuses <= {"DEADLINE_EXCEEDED", "NOT_FOUND"}:
-            return DeadlineExceeded(f"Triton did not answer within {self.timeout_s} s ({detail})")
-        return Unavailable(f"Triton could not run {model.name!r} ({detail})")
+            return DeadlineExceeded(f"Triton did not answer within {self.timeout_s} s")
+        return Unavailable(f"no Triton endpoint can run {model.name!r} now; retry later")
 
     async def ready(self) -> bool:
         return any(e.up for e in self.pool.endpoints)

@@ -11,12 +11,23 @@ import grpc
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
-from ..dataplane import CERTIFY, PREDICT, DataPlane, PredictInput, PredictOutput
+from ..dataplane import (
+    CERTIFY,
+    MAX_NAME_CHARS,
+    MAX_VERSION_CHARS,
+    PREDICT,
+    DataPlane,
+    PredictInput,
+    PredictOutput,
+    check_request_bounds,
+)
 from ..errors import (
+    BadState,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ShuttingDown,
     SmoothServeError,
     Unavailable,
 )
@@ -30,6 +41,7 @@ STATUS = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    BadState: grpc.StatusCode.INTERNAL,
 }
 MODES = {pb.MODE_CERTIFY: CERTIFY, pb.MODE_PREDICT: PREDICT}
 DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_UINT8: "uint8"}
@@ -43,6 +55,7 @@ def status_of(error: SmoothServeError) -> grpc.StatusCode:
 
 
 def to_input(request: pb.PredictRequest) -> PredictInput:
+    check_request_bounds(request.model_name, request.model_version, len(request.input.shape))
     options = request.options
     if options.mode not in MODES:
         raise InvalidArgument(f"unknown mode {options.mode}")
@@ -105,7 +118,14 @@ def to_model_info(model: ModelVersion, plane: DataPlane, backend: str) -> pb.Mod
         default_n=cfg.default_n,
         default_alpha=cfg.default_alpha,
         max_n=cfg.max_n,
+        state="READY",
+        max_alpha=cfg.max_alpha,
+        min_n=cfg.min_n,
     )
+
+
+def failed_model_info(name: str, reason: str) -> pb.ModelInfo:
+    return pb.ModelInfo(name=name, state="FAILED", failure_reason=reason)
 
 
 class SmoothServeServicer(pb_grpc.SmoothServeServicer):
@@ -117,21 +137,17 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         metrics = self.plane.metrics
         started = time.perf_counter()
         mode = MODES.get(request.options.mode, "unknown")
-        # A metric label from a client-chosen string would let clients grow the metrics without
-        # bound: names the server does not serve are all counted as "(unknown)".
-        model = request.model_name if request.model_name in self.plane.models else (
-            "(unknown)" if request.model_name else "(default)"
-        )
+        model = self.plane.metric_label(request.model_name[:MAX_NAME_CHARS + 1])
         outcome = "error"
         failure: tuple[grpc.StatusCode, str] | None = None
         metrics.in_progress.inc()
         try:
             log.debug(
-                "Predict model=%r mode=%s shape=%s dtype=%s bytes=%d n0=%s n=%s seeded=%s",
-                model, mode, list(request.input.shape), request.input.dtype,
+                "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
+                model, mode, len(request.input.shape), request.input.dtype,
                 len(request.input.data), request.options.n0, request.options.n,
                 request.options.HasField("seed"),
-            )  # fmt: skip - a summary only: inputs and seeds never reach the log
+            )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
             # The server keeps the client's deadline itself, so no sample is drawn for an
             # answer nobody waits for even if the cancellation from gRPC arrives late.
             out = await asyncio.wait_for(
@@ -143,13 +159,15 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
                 metrics.certified_radius.labels(model).observe(out.radius)
             return to_response(out)
         except SmoothServeError as error:
-            outcome = "rejected" if isinstance(error, (ResourceExhausted, Unavailable)) else outcome
+            # refused at the door; a backend that cannot run is an error the alerts must see
+            outcome = "rejected" if isinstance(error, (ResourceExhausted, ShuttingDown)) else outcome
             failure = (status_of(error), str(error))
         except asyncio.TimeoutError:
             outcome = "deadline_exceeded"
             failure = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
         except asyncio.CancelledError:
             outcome = "cancelled"
+            log.info("Predict cancelled (model %s)", model)
             raise
         except Exception:
             log.exception("Predict failed")
@@ -164,15 +182,17 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         await context.abort(*failure)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        models = [self.plane.resolve(name) for name in sorted(self.plane.models)]
-        return pb.ListModelsResponse(
-            models=[to_model_info(m, self.plane, self.backend_name) for m in models]
-        )
+        plane = self.plane
+        ready = [to_model_info(plane.resolve(name), plane, self.backend_name) for name in plane.models]
+        failed = [failed_model_info(name, reason) for name, reason in plane.failed.items()]
+        return pb.ListModelsResponse(models=sorted(ready + failed, key=lambda m: m.name))
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
+        name = request.model_name
+        if name in self.plane.failed and len(request.model_version) <= MAX_VERSION_CHARS:
+            return failed_model_info(name, self.plane.failed[name])
         try:
-            model = self.plane.resolve(request.model_name, request.model_version)
+            model = self.plane.resolve(name, request.model_version)
         except SmoothServeError as error:
             await context.abort(status_of(error), str(error))
         return to_model_info(model, self.plane, self.backend_name)
-

@@ -1,0 +1,1 @@
+"""Schemas of files SmoothServe reads (generated from the .proto files beside them)."""
