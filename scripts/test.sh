@@ -12,6 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # torch==2.13.0 comes from the machine's local CPU wheel; the constraints keep pip's resolver fast.
+echo "installing the dev environment into $VENV (about a minute the first time)..."
 "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
   -c requirements/constraints.txt -e ".[dev,train]" 2>&1 | grep -v "^WARNING: Location" || true
+echo "dev environment ready; running pytest"
 "$VENV/bin/python" -m pytest "$@"

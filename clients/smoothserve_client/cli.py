@@ -11,7 +11,15 @@ import numpy as np
 
 from .client import SmoothServeClient, SmoothServeError
 from .datasets import load_dataset, load_image
-from .results import DEFAULT_RADII, accuracy_table, plot_certified_accuracy, write_tsv
+from .results import (
+    DEFAULT_RADII,
+    PlotUnavailableError,
+    accuracy_table,
+    plot_certified_accuracy,
+    plot_subtitle,
+    radius_limit_note,
+    write_tsv,
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +33,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token, if the server requires one")
 
 
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def certify_image_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smoothserve-certify",
@@ -34,56 +47,84 @@ def certify_image_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("certify", "predict"), default="certify")
     _common(parser)
     args = parser.parse_args(argv)
+    try:  # before connecting, so that a bad file fails at once and says so
+        image = load_image(args.image)
+    except (OSError, ValueError) as error:
+        return _fail(f"cannot read {args.image} as an image (PNG, JPEG, ... or .npy): {error}")
     with SmoothServeClient(args.server, timeout=args.timeout, token=args.token) as client:
         try:
             info = client.model_info(args.model)
-            image = load_image(args.image, channels=info.input_shape[0])
+            if image.shape[0] != info.input_shape[0]:
+                image = load_image(args.image, channels=info.input_shape[0])
             result = client.predict(
                 info.name, image, mode=args.mode, n0=args.n0, n=args.n, alpha=args.alpha,
                 seed=args.seed,
             )  # fmt: skip
         except SmoothServeError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+            return _fail(str(error), code=1)
     print(json.dumps(result.__dict__, indent=2))
     return 0
 
 
-def certify_dataset_main(argv: list[str] | None = None) -> int:
+def _dataset_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothserve-certify-dataset",
         description="Certify a dataset split through the server: writes the reference's TSV "
         "(idx label predict radius correct time) and a plot of certified accuracy against radius.",
     )
-    parser.add_argument("--dataset", choices=("fashion-mnist", "cifar10", "imagefolder"), default="fashion-mnist")
-    parser.add_argument("--data-dir", help="dataset root; fashion-mnist defaults to Debian's package")
+    parser.add_argument(
+        "--dataset", choices=("fashion-mnist", "cifar10", "imagefolder"), default="fashion-mnist"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="dataset root; fashion-mnist without it: /usr/share/datasets/fashion-mnist (Debian's "
+        "dataset-fashion-mnist), then data/fashion-mnist-slice of a checkout",
+    )
     parser.add_argument("--split", choices=("train", "test"), default="test")
     parser.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
     parser.add_argument("--max", type=int, default=100, help="certify at most this many images")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--out", type=Path, default=Path("certify.tsv"), help="TSV to write")
     parser.add_argument("--plot", type=Path, help="PNG plot (default: next to the TSV)")
+    parser.add_argument("--no-plot", action="store_true", help="write no plot")
     _common(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def certify_dataset_main(argv: list[str] | None = None) -> int:
+    args = _dataset_parser().parse_args(argv)
 
     from .dataset import certify_dataset
 
-    dataset = load_dataset(args.dataset, args.data_dir, args.split)
+    try:
+        dataset = load_dataset(args.dataset, args.data_dir, args.split)
+    except (OSError, ValueError) as error:
+        return _fail(str(error))
     indices = np.arange(0, len(dataset), args.skip)[: args.max].tolist()
     with SmoothServeClient(args.server, timeout=args.timeout, token=args.token) as client:
         try:
-            model = client.model_info(args.model).name
+            info = client.model_info(args.model)
             rows = certify_dataset(
-                client, model, dataset, indices, args.n0, args.n, args.alpha,
+                client, info.name, dataset, indices, args.n0, args.n, args.alpha,
                 concurrency=args.concurrency, seed=args.seed,
             )  # fmt: skip
         except SmoothServeError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+            return _fail(str(error), code=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(rows, args.out)
-    plot = args.plot or args.out.with_suffix(".png")
-    plot_certified_accuracy({model: rows}, plot, title=f"{model} on {args.dataset} {args.split}")
-    print(accuracy_table({model: rows}, DEFAULT_RADII))
-    print(f"wrote {args.out} and {plot}")
+    n, alpha = args.n or info.default_n, args.alpha or info.default_alpha
+    curves = {info.name: rows}
+    print(accuracy_table(curves, DEFAULT_RADII))
+    print(radius_limit_note(n, alpha, [info.sigma]))
+    written = [args.out]
+    if not args.no_plot:
+        plot = args.plot or args.out.with_suffix(".png")
+        title = f"{info.name} on {args.dataset} {args.split}"
+        subtitle = plot_subtitle(n, alpha, [info.sigma], len(rows))
+        try:
+            plot_certified_accuracy(curves, plot, title=title, subtitle=subtitle)
+            written.append(plot)
+        except PlotUnavailableError as error:
+            print(f"warning: no plot written: {error}", file=sys.stderr)
+    print("wrote " + " and ".join(str(path) for path in written))
     return 0

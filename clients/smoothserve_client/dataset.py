@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TextIO, TypeVar
 
 from .client import SmoothServeClient
 from .datasets import Dataset
 from .results import Row
+
+T = TypeVar("T")
 
 
 def certify_dataset(
@@ -45,7 +49,23 @@ def certify_dataset(
     with ThreadPoolExecutor(concurrency) as pool:
         rows = pool.map(one, indices)
         if progress:
-            from tqdm import tqdm
-
-            rows = tqdm(rows, total=len(indices), desc=f"certify {model_name}", unit="img")
+            rows = progress_lines(rows, len(indices), f"certify {model_name}")
         return list(rows)
+
+
+def progress_lines(
+    items: Iterable[T], total: int, desc: str, stream: TextIO | None = None, lines: int = 10
+) -> Iterator[T]:
+    """Yield ``items`` while showing progress on ``stream`` (stderr): a tqdm bar on a terminal;
+    elsewhere (logs, pipes, CI) about ``lines`` plain lines, with no carriage returns."""
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit="img", file=stream)
+        return
+    every = max(1, -(-total // lines))
+    for done, item in enumerate(items, 1):
+        if done % every == 0 or done == total:
+            print(f"{desc}: {done}/{total} images", file=stream, flush=True)
+        yield item

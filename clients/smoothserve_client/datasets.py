@@ -2,6 +2,16 @@
 
 Formats: Fashion-MNIST/MNIST idx files (``.gz`` or plain), CIFAR-10's ``cifar-10-batches-py``
 folder, and an ImageFolder tree (``root/<class>/<image>``). Nothing is downloaded.
+
+Fashion-MNIST without a directory is looked for, in this order (``fashion_mnist_search_path``):
+
+1. ``/usr/share/datasets/fashion-mnist``: Debian's ``dataset-fashion-mnist`` package;
+2. ``data/fashion-mnist-slice`` of the checkout this package was imported from (an editable
+   install, or ``clients/`` on ``sys.path``);
+3. ``data/fashion-mnist-slice`` under the current directory (a non-editable ``pip install .``
+   run from the checkout's root).
+
+When none holds the idx files, ``DatasetNotFoundError`` says where to get them.
 """
 
 from __future__ import annotations
@@ -14,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-REPO_SLICE_DIR = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist-slice"
+SLICE = Path("data") / "fashion-mnist-slice"
+# Only meaningful in a checkout: an installed copy has no data/ two levels up.
+REPO_SLICE_DIR = Path(__file__).resolve().parents[2] / SLICE
+FASHION_MNIST_HINT = (
+    "pass the directory of its idx files (--data-dir DIR), or install Debian's "
+    "dataset-fashion-mnist (apt install dataset-fashion-mnist: idx files in "
+    f"{FASHION_MNIST_DIR}/)"
+)
 FASHION_MNIST_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -50,22 +67,47 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _find(root: Path, stem: str) -> Path:
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where they were looked for; the message says what to do."""
+
+
+def _find(root: Path, stem: str) -> Path | None:
     for candidate in (root / f"{stem}.gz", root / stem):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no {stem}[.gz] in {root}")
+    return None
+
+
+def fashion_mnist_search_path() -> list[Path]:
+    """Where ``load_fashion_mnist`` looks when given no directory, in order (module docstring)."""
+    return list(dict.fromkeys([FASHION_MNIST_DIR, REPO_SLICE_DIR, Path.cwd() / SLICE]))
+
+
+def _fashion_mnist_root(prefix: str) -> Path:
+    candidates = fashion_mnist_search_path()
+    for root in candidates:
+        if _find(root, f"{prefix}-images-idx3-ubyte") is not None:
+            return root
+    looked = ", ".join(str(c) for c in candidates)
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST not found (looked in {looked}): {FASHION_MNIST_HINT}"
+    )
+
+
+def _require(root: Path, stem: str) -> Path:
+    found = _find(root, stem)
+    if found is None:
+        raise DatasetNotFoundError(f"no {stem}[.gz] in {root}: {FASHION_MNIST_HINT}")
+    return found
 
 
 def load_fashion_mnist(root: Path | str | None = None, split: str = "test") -> Dataset:
-    """Fashion-MNIST from idx files; by default Debian's ``dataset-fashion-mnist`` package,
-    falling back to the slice committed in this repository."""
-    if root is None:
-        root = FASHION_MNIST_DIR if FASHION_MNIST_DIR.exists() else REPO_SLICE_DIR
-    root = Path(root)
+    """Fashion-MNIST from the idx files in ``root``; without ``root``, from the first directory
+    of ``fashion_mnist_search_path()`` that holds them. Raises ``DatasetNotFoundError``."""
     prefix = {"train": "train", "test": "t10k"}[split]
-    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    root = _fashion_mnist_root(prefix) if root is None else Path(root)
+    images = read_idx(_require(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_require(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
     return Dataset(images[:, None, :, :].copy(), labels, FASHION_MNIST_LABELS)
 
 

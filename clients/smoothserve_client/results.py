@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -51,23 +52,41 @@ def certified_accuracy(rows: Sequence[Row], radii: Iterable[float]) -> np.ndarra
     return np.array([float(np.mean(correct & (radius >= r))) if len(rows) else 0.0 for r in radii])
 
 
-def plot_certified_accuracy(
-    curves: dict[str, Sequence[Row]],
-    path: Path | str,
-    title: str = "Certified accuracy",
-    max_radius: float | None = None,
-    empirical: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-) -> None:
-    """Certified accuracy against L2 radius, one line per result set, as in the papers' figures.
+PLOT_INSTALL_HINT = "pip install 'smoothserve[plot]' or pip install 'smoothserve-client[plot]'"
 
-    ``empirical`` adds dashed lines (radii, accuracies) of empirical robust accuracy.
-    """
-    import matplotlib
 
+class PlotUnavailableError(ImportError):
+    """Plots need matplotlib, which is an extra (``plot``) of both packages."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise PlotUnavailableError(f"plots need matplotlib: {PLOT_INSTALL_HINT}") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max_radius or max([max((r.radius for r in rows), default=0.0) for rows in curves.values()] + [0.5])
+    return plt
+
+
+def plot_subtitle(n: int, alpha: float, sigmas: Iterable[float], images: int) -> str:
+    """The settings a certified-accuracy curve depends on, for the plot's subtitle."""
+    sigma = ", ".join(f"{s:g}" for s in sorted(set(sigmas)))
+    return f"n = {n:,}, alpha = {alpha:g}, sigma = {sigma}, {images:,} images"
+
+
+def certified_accuracy_figure(
+    curves: dict[str, Sequence[Row]],
+    title: str = "Certified accuracy",
+    max_radius: float | None = None,
+    empirical: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    subtitle: str | None = None,
+):
+    """The matplotlib figure of ``plot_certified_accuracy``; the caller closes it."""
+    plt = _pyplot()
+    largest = [max((r.radius for r in rows), default=0.0) for rows in curves.values()]
+    top = max_radius or max([*largest, 0.5])
     radii = np.linspace(0.0, top * 1.05, 300)
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = {}
@@ -81,11 +100,35 @@ def plot_certified_accuracy(
     ax.set_ylim(0, 1)
     ax.set_xlim(0, radii[-1])
     ax.grid(alpha=0.3)
-    ax.set_title(title)
+    ax.set_title(title if subtitle is None else f"{title}\n{subtitle}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_certified_accuracy(
+    curves: dict[str, Sequence[Row]],
+    path: Path | str,
+    title: str = "Certified accuracy",
+    max_radius: float | None = None,
+    empirical: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    subtitle: str | None = None,
+) -> None:
+    """Certified accuracy against L2 radius, one line per result set, as in the papers' figures.
+
+    ``empirical`` adds dashed lines (radii, accuracies) of empirical robust accuracy;
+    ``subtitle`` (``plot_subtitle``) says n, alpha, sigma and how many images. The title and
+    subtitle are also the PNG's ``Title`` metadata. Raises ``PlotUnavailableError`` without
+    matplotlib.
+    """
+    plt = _pyplot()
+    fig = certified_accuracy_figure(curves, title, max_radius, empirical, subtitle)
+    full_title = title if subtitle is None else f"{title} ({subtitle})"
+    metadata = {"Title": full_title} if str(path).lower().endswith(".png") else None
+    try:
+        fig.savefig(path, dpi=120, metadata=metadata)
+    finally:
+        plt.close(fig)
 
 
 def accuracy_table(curves: dict[str, Sequence[Row]], radii: Sequence[float] = DEFAULT_RADII) -> str:
@@ -96,3 +139,19 @@ def accuracy_table(curves: dict[str, Sequence[Row]], radii: Sequence[float] = DE
         accs = certified_accuracy(rows, radii)
         lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}%" for a in accs) + " |")
     return "\n".join(lines)
+
+
+def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius CERTIFY can return with n samples: when all n votes agree, the
+    Clopper-Pearson lower bound is alpha^(1/n), and the radius sigma * Phi^-1(alpha^(1/n))."""
+    return sigma * NormalDist().inv_cdf(alpha ** (1.0 / n))
+
+
+def radius_limit_note(n: int, alpha: float, sigmas: Iterable[float]) -> str:
+    """One line per sigma, for under the table: beyond this radius certified accuracy is 0
+    because of n, not because of the model."""
+    return "\n".join(
+        f"the largest radius n={n:,} can certify at alpha={alpha:g} with sigma={sigma:g} "
+        f"is {max_certifiable_radius(n, alpha, sigma):.3f}"
+        for sigma in sorted(set(sigmas))
+    )
