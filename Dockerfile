@@ -36,6 +36,9 @@ RUN set -eu; \
     /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime"; \
     if /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null; then \
         echo "torch must not be in the serving image" >&2; exit 1; \
+    fi; \
+    if /opt/smoothserve/venv/bin/python -c "import matplotlib" 2>/dev/null; then \
+        echo "matplotlib (the plot extra) must not be in the serving image" >&2; exit 1; \
     fi
 
 FROM ${BASE_IMAGE} AS runtime

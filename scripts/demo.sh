@@ -17,10 +17,10 @@ PORT=${PORT:-50051}
 METRICS_PORT=${METRICS_PORT:-9464}
 
 if [ ! -x "$VENV/bin/smoothserve" ] || [ pyproject.toml -nt "$VENV/bin/smoothserve" ]; then
-  echo "== setting up $VENV (serving install: no torch)"
+  echo "== setting up $VENV (serving install, no torch, with the plot extra for certify.png)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-    -c requirements/constraints.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+    -c requirements/constraints.txt -e ".[plot]" 2>&1 | grep -v "^WARNING: Location" || true
   touch "$VENV/bin/smoothserve"
 fi
 
