@@ -24,6 +24,7 @@ from .dataplane import DataPlane
 from .metrics import Metrics
 from .scheduler import BatchScheduler
 from .transport.auth import BearerTokenInterceptor, server_credentials, tokens_from_config
+from .transport.limits import HealthWatchLimit
 from .transport.malformed import MalformedRequestInterceptor
 from .transport.servicer import SmoothServeServicer
 
@@ -69,6 +70,7 @@ class Server:
             raise SystemExit(f"authentication: {exc}") from None
         self.grpc_server = grpc.aio.server(
             interceptors=[
+                HealthWatchLimit(),
                 *([BearerTokenInterceptor(tokens)] if tokens else []),
                 MalformedRequestInterceptor(),
             ],

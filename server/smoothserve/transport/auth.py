@@ -1,25 +1,49 @@
 """Bearer-token authentication and TLS credentials for the gRPC port.
 
-Every call must carry ``authorization: Bearer <token>`` with one of the configured tokens,
-except the grpc.health.v1 service, which stays open so load balancers and kubelets can
+Every call must carry exactly one ``authorization: Bearer <token>`` with one of the configured
+tokens, except the grpc.health.v1 service, which stays open so load balancers and kubelets can
 probe without a secret. Reflection is *not* exempt: it describes the API to whoever holds a
 token, nobody else.
+
+Failed attempts are rate-limited per client address (not per connection, so reconnecting does
+not help): past a burst, a few a second. While an address is over the limit every call from
+it that needs a token gets RESOURCE_EXHAUSTED without its token being looked at, the right
+token included; otherwise the answer would tell a guesser which guess was right. Calls that
+succeed cost nothing, so a client with the right token is refused only while its address is
+also sending wrong ones.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import grpc
+
+from .limits import guarded
 
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 MISSING = "missing bearer token: send metadata 'authorization: Bearer <token>'"
 WRONG = "invalid bearer token"
+SEVERAL = "several authorization headers"
+TOO_MANY = "too many failed authentication attempts from this address; retry later"
+
+# Failed attempts per address: a burst, then a steady rate (a token bucket). Guessing a token
+# drops from thousands of tries a second to a few.
+FAILURE_BURST = 20
+FAILURES_PER_SECOND = 2.0
+MAX_TRACKED_ADDRESSES = 10_000  # the least recently seen are forgotten first
+LOG_INTERVAL_S = 10.0  # at most one refusal line per address per interval
 
 
 def read_tokens(path: Path | None, extra: Iterable[str] = ()) -> tuple[str, ...]:
@@ -40,30 +64,110 @@ def read_tokens(path: Path | None, extra: Iterable[str] = ()) -> tuple[str, ...]
     return tuple(dict.fromkeys(tokens))
 
 
-def _deny(code: grpc.StatusCode, details: str) -> Callable[..., Awaitable[None]]:
-    async def deny(_request_or_iterator, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, details)
+def peer_address(peer: str) -> str:
+    """The client address of a gRPC peer string, without the port: 'ipv4:10.1.2.3:5000' ->
+    '10.1.2.3'. IPv6 clients are keyed by their /64, which one host can fill with addresses;
+    anything else (a Unix socket) is returned as it is."""
+    family, _, rest = unquote(peer).partition(":")
+    if family not in ("ipv4", "ipv6"):
+        return peer
+    host = rest.rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
 
-    return deny
+
+@dataclass
+class _Record:
+    allowance: float
+    updated: float
+    logged: float = -math.inf
+    suppressed: int = 0
 
 
-def _denying_handler(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
-    deny = _deny(grpc.StatusCode.UNAUTHENTICATED, details)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+class FailureLimiter:
+    """Per-address token buckets charged by failed attempts, and a log throttle.
+
+    Holds at most ``max_addresses`` records, evicting the least recently seen. Runs on the
+    server's event loop only, so it takes no lock.
+    """
+
+    def __init__(
+        self,
+        burst: int = FAILURE_BURST,
+        per_second: float = FAILURES_PER_SECOND,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+        log_interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst, self.per_second = burst, per_second
+        self.max_addresses, self.log_interval = max_addresses, log_interval
+        self._clock = clock
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _record(self, address: str) -> _Record:
+        now = self._clock()
+        record = self._records.get(address)
+        if record is None:
+            record = self._records[address] = _Record(float(self.burst), now)
+            while len(self._records) > self.max_addresses:
+                self._records.popitem(last=False)
+            return record
+        elapsed = now - record.updated
+        record.allowance = min(self.burst, record.allowance + elapsed * self.per_second)
+        record.updated = now
+        self._records.move_to_end(address)
+        return record
+
+    def blocked(self, address: str) -> bool:
+        """Whether ``address`` has used up its failures; an unknown address never is."""
+        return address in self._records and self._record(address).allowance < 1
+
+    def fail(self, address: str) -> None:
+        record = self._record(address)
+        record.allowance = max(0.0, record.allowance - 1)
+
+    def log_now(self, address: str) -> int | None:
+        """How many lines were suppressed since the last one, if a line may be logged now;
+        None (and one more suppressed) if not."""
+        record = self._record(address)
+        if record.updated - record.logged < self.log_interval:
+            record.suppressed += 1
+            return None
+        suppressed, record.suppressed, record.logged = record.suppressed, 0, record.updated
+        return suppressed
+
+
+def _refusal(
+    metadata: Sequence[tuple[str, str | bytes]], valid: Callable[[str], bool]
+) -> str | None:
+    """Why ``metadata`` does not authenticate the call, or None if it does."""
+    values = [v for k, v in metadata if k == "authorization"]
+    if not values:
+        return MISSING
+    if len(values) > 1:
+        return SEVERAL
+    scheme, _, token = str(values[0]).partition(" ")
+    if scheme.lower() != "bearer" or not valid(token.strip()):
+        return WRONG
+    return None
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Iterable[str]) -> None:
+    def __init__(self, tokens: Iterable[str], limiter: FailureLimiter | None = None) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
         if not self._tokens:
             raise ValueError("no bearer token configured")
+        self._limiter = limiter or FailureLimiter()
 
     def _valid(self, presented: str) -> bool:
         candidate = presented.encode()
@@ -76,14 +180,35 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        values = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
-        if not values:
-            return _denying_handler(handler, MISSING)
-        scheme, _, token = str(values[0]).partition(" ")
-        if scheme.lower() != "bearer" or not self._valid(token.strip()):
-            log.info("refused %s: %s", method, WRONG)  # never log the token itself
-            return _denying_handler(handler, WRONG)
-        return handler
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+
+        # The peer is known only once the call runs, so the check runs then.
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            await self._admit(method, metadata, context)
+
+        return guarded(handler, check)
+
+    async def _admit(self, method: str, metadata, context: grpc.aio.ServicerContext) -> None:
+        peer = context.peer() or "unknown"
+        address = peer_address(peer)
+        if self._limiter.blocked(address):
+            await self._refuse(context, method, peer, grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY)
+        reason = _refusal(metadata, self._valid)
+        if reason is None:
+            return
+        if reason != MISSING:  # only guesses are charged: a missing token guesses nothing
+            self._limiter.fail(address)
+        await self._refuse(context, method, peer, grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, method: str, peer: str,
+        code: grpc.StatusCode, reason: str,
+    ) -> None:  # fmt: skip
+        suppressed = self._limiter.log_now(peer_address(peer))
+        if suppressed is not None:  # never log the token itself
+            more = f"; {suppressed} refusals since the last line not logged" if suppressed else ""
+            log.warning("refused %s from %s: %s%s", method, peer, reason, more)
+        await context.abort(code, reason)
 
 
 def server_credentials(
@@ -105,4 +230,11 @@ def tokens_from_config(config) -> tuple[str, ...]:
     return read_tokens(config.auth_tokens_file, config.auth_tokens)
 
 
-__all__ = ["BearerTokenInterceptor", "read_tokens", "server_credentials", "tokens_from_config"]
+__all__ = [
+    "BearerTokenInterceptor",
+    "FailureLimiter",
+    "peer_address",
+    "read_tokens",
+    "server_credentials",
+    "tokens_from_config",
+]
