@@ -7,4 +7,4 @@ python -m grpc_tools.protoc -Iclients --python_out=clients --pyi_out=clients --g
   clients/smoothserve_client/api/v1/smoothserve.proto
 # The schema of config.pbtxt (the fields of Triton's ModelConfig that SmoothServe reads).
 python -m grpc_tools.protoc -Iserver --python_out=server --pyi_out=server \
-  server/smoothserve/schema/model_config.proto
+  server/smoothserve/schema/model_config.proto server/smoothserve/schema/request_envelope.proto

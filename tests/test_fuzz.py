@@ -31,7 +31,7 @@ def plane(tmp_path_factory) -> DataPlane:
     repo = tmp_path_factory.mktemp("fuzz-repo")
     write_linear_model(repo, "lin", np.full(64, 1 / 8), -4.0, 0.25, SHAPE)
     config = ServerConfig.from_args(["--max-n", "5000", "--max-n0", "500", "--default-n", "1000"], environ={})
-    return DataPlane(scan(repo), {}, config, Metrics())
+    return DataPlane(scan(repo).ready, {}, config, Metrics())
 
 
 def validate(plane: DataPlane, request: PredictInput) -> None:

@@ -66,4 +66,8 @@ def test_grace_period_bounds_the_wait(repo):
             with pytest.raises(SmoothServeError) as info:
                 endless.result()
             assert info.value.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-        assert "grace period over" in server.log()
+        log = server.log()
+        assert "grace period over" in log
+        # one quiet line per cancelled request, no traceback
+        assert "Traceback" not in log and "CancelledError" not in log, log
+        assert log.count("cancelled") <= 3, log

@@ -13,11 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
+from google.protobuf import text_format
 from servers import metric
 from triton_helpers import SHAPE, near_boundary, require_tritonserver, twin, weights, write_repo
 
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.errors import Unavailable
+from smoothserve.schema.model_config_pb2 import ModelConfig
 from smoothserve.testing import ServerProcess
 from smoothserve.triton_twin import TritonProcess, free_port, scrape
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
@@ -44,9 +46,10 @@ def explicit_triton(repo, tmp_path_factory):
     require_tritonserver()
     dest = twin(repo, tmp_path_factory.mktemp("twin2"), only=("linear", "linear_small_batch"))
     (dest / "plain" / "1").mkdir(parents=True)
-    config = (dest / "linear" / "config.pbtxt").read_text()
-    plain = "\n".join(line for line in config.splitlines() if "parameters" not in line)
-    (dest / "plain" / "config.pbtxt").write_text(plain.replace('"linear"', '"plain"'))
+    config = text_format.Parse((dest / "linear" / "config.pbtxt").read_text(), ModelConfig())
+    config.name = "plain"
+    config.parameters.clear()
+    (dest / "plain" / "config.pbtxt").write_text(text_format.MessageToString(config))
     for item in (dest / "linear" / "1").iterdir():
         (dest / "plain" / "1" / item.name).symlink_to(item.resolve())
     explicit = (

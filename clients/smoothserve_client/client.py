@@ -85,6 +85,10 @@ class ModelInfo:
     default_n: int
     default_alpha: float
     max_n: int
+    state: str = "READY"
+    failure_reason: str = ""
+    max_alpha: float = 0.5
+    min_n: int = 1
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -102,6 +106,10 @@ class ModelInfo:
             default_n=m.default_n,
             default_alpha=m.default_alpha,
             max_n=m.max_n,
+            state=m.state or "READY",
+            failure_reason=m.failure_reason,
+            max_alpha=m.max_alpha,
+            min_n=m.min_n,
         )
 
 

@@ -21,14 +21,16 @@ from .admission import Admission
 from .backends import create_backend
 from .config import ServerConfig
 from .dataplane import DataPlane
+from .errors import ShuttingDown, SmoothServeError
 from .metrics import Metrics
 from .scheduler import BatchScheduler
 from .transport.auth import BearerTokenInterceptor, server_credentials, tokens_from_config
-from .transport.limits import HealthWatchLimit
+from .transport.limits import MAX_HEALTH_WATCHES, HealthWatchLimit
 from .transport.malformed import MalformedRequestInterceptor
-from .transport.servicer import SmoothServeServicer
+from .transport.servicer import PRECHECKS, SmoothServeServicer
 
 log = logging.getLogger("smoothserve")
+RPC_HEADROOM = 16  # calls beyond the Predict limit and the Watch streams: Check, ListModels...
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmoothServe"].full_name
 
 
@@ -47,12 +49,26 @@ class Server:
         self.metrics_port = -1
 
     async def start(self) -> None:
-        models = await self.backend.start()
+        try:
+            states = await self.backend.start()
+        except SmoothServeError as exc:  # no repository, no Triton: one line, no traceback
+            raise SystemExit(f"cannot start: {exc}") from None
+        models = states.ready
+        self.metrics.models.labels("ready").set(sum(len(v) for v in models.values()))
+        self.metrics.models.labels("failed").set(len(states.failed))
+        if states.failed and self.config.exit_on_error:
+            raise SystemExit(
+                f"{len(states.failed)} model(s) failed to load: "
+                + "; ".join(f"{name}: {why}" for name, why in sorted(states.failed.items()))
+                + " (fix them, or start with --exit-on-error false to serve the others)"
+            )
+        if not models:
+            raise SystemExit(f"no model could be loaded from {self.config.model_repo}")
         marker = repository.read_default_model(self.config.model_repo)
         if not self.config.default_model and marker:
             self.config = replace(self.config, default_model=marker)
         c = self.config
-        if c.default_model and c.default_model not in models:
+        if c.default_model and c.default_model not in {**models, **states.failed}:
             raise SystemExit(f"default model {c.default_model!r} not in {sorted(models)}")
         for versions in models.values():
             for model in versions.values():
@@ -62,7 +78,9 @@ class Server:
                 )  # fmt: skip
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
-        self.plane = plane = DataPlane(models, self.schedulers, c, self.metrics, self.admission)
+        self.plane = plane = DataPlane(
+            models, self.schedulers, c, self.metrics, self.admission, states.failed
+        )
 
         try:
             tokens = tokens_from_config(c)
@@ -72,8 +90,11 @@ class Server:
             interceptors=[
                 HealthWatchLimit(),
                 *([BearerTokenInterceptor(tokens)] if tokens else []),
-                MalformedRequestInterceptor(),
+                MalformedRequestInterceptor(PRECHECKS),
             ],
+            # The outer door: beyond this many calls, gRPC core answers RESOURCE_EXHAUSTED at
+            # once, without the event loop; admission refuses the few in between.
+            maximum_concurrent_rpcs=c.max_concurrent_requests + MAX_HEALTH_WATCHES + RPC_HEADROOM,
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
@@ -116,6 +137,10 @@ class Server:
         drained = await self.admission.drain(grace)
         if not drained:
             log.warning("grace period over: cancelling %d requests", self.admission.requests)
+            over = ShuttingDown("the server shut down before this request finished; retry")
+            for scheduler in self.schedulers.values():
+                scheduler.fail_all(over)
+            await self.admission.drain(1.0)  # let them send their status
         if self.grpc_server:
             await self.grpc_server.stop(0.5 if drained else 0)
         for scheduler in self.schedulers.values():

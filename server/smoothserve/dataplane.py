@@ -27,6 +27,7 @@ DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 MAX_NAME_CHARS = 256
 MAX_VERSION_CHARS = 19  # a version is a decimal number that fits in int64
 MAX_RANK = 8
+MAX_TENSOR_HEADER_BYTES = MAX_RANK * 11 + 16  # shape (packed or not) and dtype, on the wire
 QUOTE_CHARS = 64
 
 
@@ -35,7 +36,7 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
-def check_request_bounds(model_name: str, model_version: str, rank: int) -> None:
+def check_request_bounds(model_name: str, model_version: str, rank: int = 0) -> None:
     """The bounds a request must meet before the server copies or quotes any of it."""
     if len(model_name) > MAX_NAME_CHARS:
         raise InvalidArgument(f"model name longer than {MAX_NAME_CHARS} characters")
@@ -43,6 +44,13 @@ def check_request_bounds(model_name: str, model_version: str, rank: int) -> None
         raise InvalidArgument(f"model version longer than {MAX_VERSION_CHARS} characters")
     if rank > MAX_RANK:
         raise InvalidArgument(f"input shape has {rank} dimensions; at most {MAX_RANK} are allowed")
+
+
+def check_tensor_header(header_bytes: int) -> None:
+    """The shape and dtype of an input take at most a few bytes on the wire; more means a
+    shape of too many dimensions, refused before it is built (it may take 16x its bytes)."""
+    if header_bytes > MAX_TENSOR_HEADER_BYTES:
+        raise InvalidArgument(f"input shape has more than {MAX_RANK} dimensions")
 
 
 @dataclass(frozen=True)

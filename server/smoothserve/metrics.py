@@ -84,6 +84,10 @@ class Metrics:
             "smoothserve_samples_abandoned", "Admitted noisy samples never drawn because their "
             "request was cancelled, ran past its deadline or failed.", ["model"], registry=r,
         )  # fmt: skip
+        self.models = Gauge(
+            "smoothserve_models", "Model versions by state: ready (served) or failed (to load; "
+            "ListModels gives the reason).", ["state"], registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
             "smoothserve_requests_rejected", "Predict requests refused before sampling, by reason "
             "(samples_in_flight, concurrent_requests, shutting_down).", ["reason"], registry=r,

@@ -94,9 +94,18 @@ class BatchScheduler:
         )
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._closed_with: BaseException | None = None
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name=f"scheduler-{self.model.name}")
+
+    def fail_all(self, error: BaseException) -> None:
+        """Finish every job with ``error`` and refuse new ones (the grace period is over): the
+        requests answer with a status instead of being cancelled under gRPC's feet."""
+        self._closed_with = error
+        for job in list(self._jobs):
+            job.finish(error)
+        self._jobs.clear()
 
     async def close(self) -> None:
         if self._loop_task:
@@ -125,6 +134,8 @@ class BatchScheduler:
         If the caller is cancelled, the job leaves the queue at once and draws no more samples.
         ``on_classified(k)`` is called as each batch holding k of its samples is classified.
         """
+        if self._closed_with is not None:
+            raise self._closed_with
         counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
         job = _Job(x, rng, num, counts, asyncio.get_running_loop().create_future())
         if not self.backend.generates_noise:

@@ -28,8 +28,11 @@ import time
 import uuid
 from pathlib import Path
 
+from google.protobuf import text_format
+
 from . import repository
 from .model_config import SmoothModelConfig
+from .schema.model_config_pb2 import DataType, InstanceGroup
 
 MODEL_PY = '''\
 """Python-backend twin of an onnxruntime_onnx model: the same model.onnx on the CPU."""
@@ -84,20 +87,14 @@ def tritonserver_home() -> Path | None:
 
 def twin_config(config: SmoothModelConfig, fp16: bool = False, threads: int = 1) -> str:
     """The production config with the platform swapped for the Python backend."""
-    production = config.to_pbtxt()
-    input_type = "TYPE_FP16" if fp16 else "TYPE_FP32"
-    lines = []
-    for line in production.splitlines():
-        if line.startswith("platform:"):
-            lines.append('backend: "python"')
-        elif line.strip() == "kind: KIND_AUTO":
-            lines.append("    kind: KIND_CPU")
-        else:
-            lines.append(line)
-    text = "\n".join(lines) + "\n"
-    text = text.replace("data_type: TYPE_FP32", f"data_type: {input_type}", 1)  # the input
-    text += f'parameters {{ key: "twin_threads" value {{ string_value: "{threads}" }} }}\n'
-    return text
+    proto = config.to_proto()
+    proto.platform = ""
+    proto.backend = "python"
+    proto.input[0].data_type = DataType.TYPE_FP16 if fp16 else DataType.TYPE_FP32
+    for group in proto.instance_group:
+        group.kind = InstanceGroup.KIND_CPU
+    proto.parameters["twin_threads"].string_value = str(threads)
+    return text_format.MessageToString(proto)
 
 
 def build_twin_repository(
@@ -110,7 +107,7 @@ def build_twin_repository(
     """Write the twin of every model of ``model_repo`` (or of those in ``only``) under
     ``dest``; return their names. Each twin model is one Python stub process in Triton."""
     dest.mkdir(parents=True, exist_ok=True)
-    models = repository.scan(Path(model_repo))
+    models = repository.scan(Path(model_repo)).ready
     if only:
         models = {name: versions for name, versions in models.items() if name in only}
     for name, versions in models.items():

@@ -93,7 +93,7 @@ class TorchBackend(Backend):
                 path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
                 if path is None or not path.is_file():
                     states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
-                                      "(run export/export_torchscript.py)")  # fmt: skip
+                                      "(run scripts/export_torchscript.py)")  # fmt: skip
                     break
                 try:
                     self._networks[(name, version)] = self._load(model, path)

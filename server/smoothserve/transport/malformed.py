@@ -2,7 +2,9 @@
 
 Left alone, grpc.aio answers a protobuf ``DecodeError`` with UNKNOWN; this interceptor
 wraps every handler's request deserializer so a malformed message becomes a clear status,
-for SmoothServe and the health and reflection services alike.
+for SmoothServe and the health and reflection services alike. A method may also have a
+``precheck`` of its raw bytes, run before they are parsed, that refuses with
+InvalidArgument what would be costly to build (a shape of millions of dimensions).
 """
 
 from __future__ import annotations
@@ -12,25 +14,34 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from ..errors import InvalidArgument
+
 DETAILS = "the request is not a valid protobuf message for {method}"
+Precheck = Callable[[bytes], None]
 
 
-class _Malformed:
-    """Stands in for a request that failed to deserialize."""
+class _Refused:
+    """Stands in for a request that failed to deserialize or its precheck."""
+
+    def __init__(self, details: str | None = None) -> None:
+        self.details = details
 
 
-MALFORMED = _Malformed()
-
-
-def _safe(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+def _safe(
+    deserialize: Callable[[bytes], object] | None, precheck: Precheck | None
+) -> Callable[[bytes], object] | None:
     if deserialize is None:
         return None
 
     def parse(data: bytes) -> object:
         try:
+            if precheck is not None:
+                precheck(data)
             return deserialize(data)
+        except InvalidArgument as refused:
+            return _Refused(str(refused))
         except Exception:  # DecodeError, but a deserializer may raise anything on junk
-            return MALFORMED
+            return _Refused()
 
     return parse
 
@@ -54,8 +65,8 @@ def _wrap(behavior, first: Callable):
 
 def _check_one(details: str):
     async def check(request, context: grpc.aio.ServicerContext):
-        if request is MALFORMED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+        if isinstance(request, _Refused):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details or details)
         return request
 
     return check
@@ -65,8 +76,8 @@ def _check_each(details: str):
     async def check(requests: AsyncIterator, context: grpc.aio.ServicerContext):
         async def each():
             async for request in requests:
-                if request is MALFORMED:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+                if isinstance(request, _Refused):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details or details)
                 yield request
 
         return each()
@@ -75,6 +86,9 @@ def _check_each(details: str):
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, prechecks: dict[str, Precheck] | None = None) -> None:
+        self.prechecks = prechecks or {}  # full method name -> check of its raw request
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -86,6 +100,8 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             if getattr(handler, k) is not None
         )  # fmt: skip
         return handler._replace(
-            request_deserializer=_safe(handler.request_deserializer),
+            request_deserializer=_safe(
+                handler.request_deserializer, self.prechecks.get(handler_call_details.method)
+            ),
             **{kind: _wrap(getattr(handler, kind), check)},
         )

@@ -20,6 +20,7 @@ from ..dataplane import (
     PredictInput,
     PredictOutput,
     check_request_bounds,
+    check_tensor_header,
 )
 from ..errors import (
     BadState,
@@ -32,6 +33,7 @@ from ..errors import (
     Unavailable,
 )
 from ..repository import ModelVersion
+from ..schema.request_envelope_pb2 import PredictRequestOutline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,21 @@ def status_of(error: SmoothServeError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def check_predict_outline(data: bytes) -> None:
+    """Bounds of a Predict request checked on its raw bytes, before it is parsed: the name
+    and version lengths and the size of the input's shape (see ``schema/request_envelope``)."""
+    outline = PredictRequestOutline.FromString(data)
+    names = (outline.model_name, outline.model_version)
+    if any(len(name) > 4 * MAX_NAME_CHARS for name in names):  # UTF-8: at most 4 bytes a char
+        raise InvalidArgument(f"model name or version longer than {MAX_NAME_CHARS} characters")
+    tensor = outline.input
+    check_tensor_header(tensor.ByteSize() - len(tensor.data))
+
+
+PREDICT_METHOD = f"/{pb.DESCRIPTOR.services_by_name['SmoothServe'].full_name}/Predict"
+PRECHECKS = {PREDICT_METHOD: check_predict_outline}
 
 
 def to_input(request: pb.PredictRequest) -> PredictInput:
@@ -150,9 +167,10 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
             )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
             # The server keeps the client's deadline itself, so no sample is drawn for an
             # answer nobody waits for even if the cancellation from gRPC arrives late.
-            out = await asyncio.wait_for(
-                self.plane.predict(to_input(request)), context.time_remaining()
-            )
+            # No task of its own (as wait_for would make): admission runs in this very step,
+            # so a refusal never waits for a turn of the event loop.
+            async with asyncio.timeout(context.time_remaining()):
+                out = await self.plane.predict(to_input(request))
             model = out.model.name
             outcome = "abstained" if out.abstain else "certified"
             if mode == CERTIFY and not out.abstain:
@@ -162,7 +180,7 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
             # refused at the door; a backend that cannot run is an error the alerts must see
             outcome = "rejected" if isinstance(error, (ResourceExhausted, ShuttingDown)) else outcome
             failure = (status_of(error), str(error))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "deadline_exceeded"
             failure = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
         except asyncio.CancelledError:
