@@ -8,10 +8,13 @@ Starts its own loopback server (a generated (1, 8, 8) linear model, --max-n 1000
 shapes, dtypes, byte lengths, NaN/Inf, out-of-range values, n/n0/alpha/seed at and past their
 limits, unknown enum values), mutated serialisations of valid requests (bit flips, truncation,
 splices), raw random bytes through a generic ``channel.unary_unary`` with identity
-serialisers, to every method including health and an unknown one, and oversized messages.
-Passes when no call returns UNKNOWN, INTERNAL or any status a bad request should not cause
-(UNAVAILABLE or DEADLINE_EXCEEDED would mean a crash or a hang), the server is still running,
-and a valid request is answered at the end. Prints a JSON report; exit status 1 on failure.
+serialisers, to every method including health and an unknown one, oversized messages, and
+huge fields within the size limit (shapes of up to a million dimensions, packed or not,
+names and versions of up to 900 KB). Passes when no call returns UNKNOWN, INTERNAL or any
+status a bad request should not cause (UNAVAILABLE or DEADLINE_EXCEEDED would mean a crash or
+a hang), no error message is longer than 1,000 characters, the server is still running, and
+a valid request is answered at the end. Prints a JSON report with the server's peak RSS;
+exit status 1 on failure.
 """
 
 from __future__ import annotations
@@ -121,15 +124,47 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def huge_fields(rng: random.Random) -> tuple[str, bytes]:
+    """A request under the size limit whose fields would be costly to copy or quote."""
+    m = pb()
+    budget = (1 << 20) - 4096
+    kind = rng.choice(["rank", "rank_unpacked", "name", "version", "both"])
+    request = m.PredictRequest(model_name=MODEL, input=m.Tensor(shape=list(SHAPE), dtype=1))
+    if kind in ("name", "both"):
+        request.model_name = "n" * rng.choice([300, 9000, budget // (2 if kind == "both" else 1)])
+    if kind in ("version", "both"):
+        request.model_version = "9" * rng.choice([20, 9000, budget // 2])
+    if kind == "rank":
+        del request.input.shape[:]
+        request.input.shape.extend([1] * rng.choice([9, 10_000, budget]))
+    data = request.SerializeToString()
+    if kind == "rank_unpacked":  # field 1 as separate varints: legal, and never packed
+        tensor = b"\x08\x01" * rng.choice([9, 10_000, budget // 2]) + b"\x10\x01"
+        data = b"\x0a" + varint(len(MODEL)) + MODEL.encode() + b"\x1a" + varint(len(tensor)) + tensor
+    return kind, data
+
+
 def make_case(rng: random.Random) -> tuple[str, str, bytes]:
     """(kind, method, request bytes)."""
     roll = rng.random()
-    if roll < 0.40:
+    if roll < 0.35:
         return "random_request", PREDICT, random_request(rng)
-    if roll < 0.65:
+    if roll < 0.60:
         return "mutated", PREDICT, mutate(valid_request(rng), rng)
-    if roll < 0.75:
+    if roll < 0.70:
         return "valid", PREDICT, valid_request(rng)
+    if roll < 0.75:
+        kind, data = huge_fields(rng)
+        return f"huge_{kind}", PREDICT, data
     if roll < 0.95:
         method = rng.choice(METHODS)
         return "raw_bytes", method, rng.randbytes(rng.choice([0, 1, 2, 5, 17, 100, rng.randrange(3000)]))
@@ -146,12 +181,16 @@ def fuzz(address: str, count: int, seed: int, workers: int = 8) -> dict:
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 1 << 22)]) as ch:
         calls: dict[str, Callable] = {m: ch.unary_unary(m) for m in METHODS}  # identity (de)serialisers
 
+        longest_details = 0
+
         def send(case: tuple[str, str, bytes]) -> tuple[str, str, str]:
+            nonlocal longest_details
             kind, method, payload = case
             try:
                 calls[method](payload, timeout=30)
                 return kind, method, "OK"
             except grpc.RpcError as error:
+                longest_details = max(longest_details, len(error.details() or ""))
                 return kind, method, error.code().name
 
         with ThreadPoolExecutor(workers) as pool:
@@ -169,6 +208,7 @@ def fuzz(address: str, count: int, seed: int, workers: int = 8) -> dict:
         "codes": dict(codes),
         "by_kind": {k: dict(v) for k, v in by_kind.items()},
         "failures": len(failures),
+        "longest_error_details": longest_details,
         "failure_examples": failures[:20],
         "final_valid_request_ok": final_ok,
     }
@@ -208,14 +248,23 @@ def run(count: int, seed: int, address: str | None = None, workers: int = 8) -> 
     ) as server:
         report = fuzz(server.address, count, seed, workers)
         report["server_alive_after"] = server.process.poll() is None
+        report["server_peak_rss_mib"] = peak_rss_mib(server.process.pid)
         report["server_exit_code"] = server.stop()
         report["tracebacks_in_server_log"] = server.log().count("Traceback")
     return report
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return math.nan
+
+
 def passed(report: dict) -> bool:
     return (
         report["failures"] == 0
+        and report["longest_error_details"] <= 1000
         and report["final_valid_request_ok"]
         and report.get("server_alive_after", True)
         and report.get("tracebacks_in_server_log", 0) == 0

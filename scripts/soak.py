@@ -6,8 +6,11 @@
 Starts its own server (a generated 1x28x28 linear model, loopback only) unless --address is
 given, warms up, then drives ``--clients`` threads, each with its own channel, for
 ``--duration`` seconds. Prints a JSON report: requests, errors by status, p50/p99 latency and
-the server's resident memory after the warm-up and at the end. Exit status 1 when any request
-failed or RSS grew by more than --max-rss-growth.
+the server's resident memory after the warm-up and at the end, and its peak. With
+``--hostile-clients``, that many more threads send, all along, requests with fields built to
+be costly (an 8-million-dimension shape, a 9,000-character name or version, a 10,000-dimension
+shape): each must get INVALID_ARGUMENT. Exit status 1 when any certifying request failed, a
+hostile one got another status, or RSS grew by more than --max-rss-growth.
 """
 
 from __future__ import annotations
@@ -35,6 +38,44 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def hostile_requests(model: str) -> list[bytes]:
+    from smoothserve_client.api.v1 import smoothserve_pb2 as pb
+
+    def request(name: str = model, version: str = "", rank: int = 3) -> bytes:
+        shape = list(SHAPE) if rank == 3 else [1] * rank
+        tensor = pb.Tensor(shape=shape, dtype=pb.DTYPE_UINT8, data=b"\0" * 784)
+        message = pb.PredictRequest(model_name=name, model_version=version, input=tensor)
+        return message.SerializeToString()
+
+    return [request(rank=8_000_000), request(name="n" * 9000), request(version="9" * 9000),
+            request(rank=10_000)]  # fmt: skip
+
+
+def hostile_client(address: str, model: str, stop: threading.Event, seen: Counter, lock) -> None:
+    import grpc
+
+    payloads = hostile_requests(model)
+    options = [("grpc.max_send_message_length", 1 << 25)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        call = channel.unary_unary("/smoothserve.v1.SmoothServe/Predict")
+        while not stop.is_set():
+            for payload in payloads:
+                try:
+                    call(payload, timeout=60)
+                    code = "OK"
+                except grpc.RpcError as error:
+                    code = error.code().name
+                with lock:
+                    seen[code] += 1
+
+
 def write_repo(root: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from models import write_linear_model
@@ -47,14 +88,23 @@ def write_repo(root: Path) -> Path:
 class Load:
     """Client threads that certify random images until stopped; latencies after ``measure``."""
 
-    def __init__(self, address: str, clients: int, n0: int, n: int, model: str) -> None:
+    def __init__(
+        self, address: str, clients: int, n0: int, n: int, model: str, hostile: int = 0
+    ) -> None:
         self.address, self.n0, self.n, self.model = address, n0, n, model
         self.stop = threading.Event()
         self.measuring = threading.Event()
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
+        self.hostile: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+        self.threads += [
+            threading.Thread(
+                target=hostile_client, args=(address, model, self.stop, self.hostile, self.lock)
+            )
+            for _ in range(hostile)
+        ]
 
     def _run(self, index: int) -> None:
         from smoothserve_client.client import SmoothServeClient, SmoothServeError
@@ -90,7 +140,7 @@ class Load:
 
 def soak(address: str, pid: int | None, args: argparse.Namespace) -> dict:
     rss_trace: list[tuple[float, int]] = []
-    with Load(address, args.clients, args.n0, args.n, args.model) as load:
+    with Load(address, args.clients, args.n0, args.n, args.model, args.hostile_clients) as load:
         time.sleep(args.warmup)
         load.measuring.set()
         started = time.monotonic()
@@ -117,6 +167,8 @@ def soak(address: str, pid: int | None, args: argparse.Namespace) -> dict:
         "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else None,
         "rss_trace_mb": [(t, round(r / 2**20, 1)) for t, r in rss_trace],
+        "rss_peak_mb": round(peak_rss_bytes(pid) / 2**20, 1) if pid else None,
+        "hostile_statuses": dict(load.hostile),
     }
 
 
@@ -133,6 +185,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-every", type=float, default=30.0, help="RSS sampling period, s")
     parser.add_argument("--max-rss-growth", type=float, default=10.0, help="percent")
     parser.add_argument("--server-arg", action="append", default=[], help="extra server flag")
+    parser.add_argument("--hostile-clients", type=int, default=0, help="threads of huge fields")
     return parser.parse_args(argv)
 
 
@@ -155,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(argv)
     print(json.dumps(report, indent=1))
     growth = report["rss_growth_pct"]
-    bad = report["errors"] or (growth is not None and growth > args.max_rss_growth)
+    unexpected = set(report["hostile_statuses"]) - {"INVALID_ARGUMENT"}
+    bad = report["errors"] or unexpected or (growth is not None and growth > args.max_rss_growth)
     return 1 if bad else 0
 
 
