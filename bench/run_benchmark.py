@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +28,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "export"))
+from smoothserve.certify import certify
+from smoothserve.model_config import SmoothModelConfig
+from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
+from smoothserve_client import SmoothServeClient
+from smoothserve_client.datasets import load_fashion_mnist
+from smoothserve_dev.testing import ServerProcess
 
-from smoothserve.certify import certify  # noqa: E402
-from smoothserve.model_config import SmoothModelConfig  # noqa: E402
-from smoothserve.noise import NoiseStream, fill_noisy, noise_generator  # noqa: E402
-from smoothserve.testing import ServerProcess  # noqa: E402
-from smoothserve_client import SmoothServeClient  # noqa: E402
-from smoothserve_client.datasets import load_fashion_mnist  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -122,7 +120,7 @@ def end_to_end(address: str, model: str, image, clients: int, n: int, per_client
 def triton_paths(repo: Path, model: str, image, n: int, tmp: Path) -> dict[str, dict[int, float]]:
     """End to end through SmoothServe on the Triton backend (the CPU twin of the model, served
     by the bundled tritonserver): plain gRPC, system shared memory, FP16; samples/s by clients."""
-    from smoothserve.triton_twin import TritonProcess, build_twin_repository, tritonserver_home
+    from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository, tritonserver_home
 
     if tritonserver_home() is None:
         print("Triton paths skipped: nvidia-pytriton (tritonserver) is not installed")

@@ -24,19 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothserve.backends.base import Backend
+from smoothserve.backends.onnxruntime import OnnxRuntimeBackend, default_providers
+from smoothserve.backends.torch_backend import TorchBackend
+from smoothserve.metrics import Metrics
+from smoothserve.model_config import SmoothModelConfig
+from smoothserve.noise import noise_generator
+from smoothserve.repository import latest
+from smoothserve.scheduler import BatchScheduler
+from smoothtrain.torchscript import write_torchscript
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from export_torchscript import write_torchscript  # noqa: E402
-
-from smoothserve.backends.base import Backend  # noqa: E402
-from smoothserve.backends.onnxruntime import OnnxRuntimeBackend, default_providers  # noqa: E402
-from smoothserve.backends.torch_backend import TorchBackend  # noqa: E402
-from smoothserve.metrics import Metrics  # noqa: E402
-from smoothserve.model_config import SmoothModelConfig  # noqa: E402
-from smoothserve.noise import noise_generator  # noqa: E402
-from smoothserve.repository import latest  # noqa: E402
-from smoothserve.scheduler import BatchScheduler  # noqa: E402
 
 
 def served_model(repo: Path) -> str | None:

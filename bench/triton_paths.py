@@ -13,19 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from models import write_linear_model  # noqa: E402
-
-from smoothserve.backends.triton import TritonBackend  # noqa: E402
-from smoothserve.triton_twin import TritonProcess, build_twin_repository  # noqa: E402
+from smoothserve.backends.triton import TritonBackend
+from smoothserve_dev.models import write_linear_model
+from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository
 
 PATHS = [("fp32 grpc", False, False), ("fp32 shm", False, True), ("fp16 grpc", True, False),
          ("fp16 shm", True, True)]  # fmt: skip

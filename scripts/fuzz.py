@@ -231,8 +231,7 @@ def check_valid(channel: grpc.Channel) -> bool:
 
 
 def write_repo(root: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from models import write_linear_model
+    from smoothserve_dev.models import write_linear_model
 
     write_linear_model(root / "repo", MODEL, np.full(64, 1 / 8), -4.0, 0.25, SHAPE)
     return root / "repo"
@@ -241,7 +240,7 @@ def write_repo(root: Path) -> Path:
 def run(count: int, seed: int, address: str | None = None, workers: int = 8) -> dict:
     if address:
         return fuzz(address, count, seed, workers)
-    from smoothserve.testing import ServerProcess
+    from smoothserve_dev.testing import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, ServerProcess(
         write_repo(Path(tmp)), SERVER_ARGS

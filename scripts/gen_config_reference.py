@@ -15,6 +15,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from smoothserve.config import ServerConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations.md"
 BEGIN = (
@@ -22,12 +24,6 @@ BEGIN = (
     "server/smoothserve/config.py; do not edit by hand -->"
 )
 END = "<!-- END CONFIG REFERENCE -->"
-
-try:
-    from smoothserve.config import ServerConfig
-except ImportError:  # run from a checkout without the package installed
-    sys.path.insert(0, str(ROOT / "server"))
-    from smoothserve.config import ServerConfig
 
 
 def show_default(value: object) -> str:

@@ -77,8 +77,7 @@ def hostile_client(address: str, model: str, stop: threading.Event, seen: Counte
 
 
 def write_repo(root: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from models import write_linear_model
+    from smoothserve_dev.models import write_linear_model
 
     w = np.random.default_rng(0).normal(size=SHAPE)
     write_linear_model(root / "repo", "soak", w, -float(w.sum()) * 0.5, 0.25, SHAPE)
@@ -193,7 +192,7 @@ def run(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     if args.address:
         return soak(args.address, args.pid, args)
-    from smoothserve.testing import ServerProcess
+    from smoothserve_dev.testing import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         repo = write_repo(Path(tmp))

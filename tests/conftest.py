@@ -1,17 +1,13 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from models import write_linear_model  # noqa: E402
-
-from smoothserve.testing import ServerProcess  # noqa: E402
-from smoothserve_client import SmoothServeClient  # noqa: E402
+from smoothserve_client import SmoothServeClient
+from smoothserve_dev.models import write_linear_model
+from smoothserve_dev.testing import ServerProcess
 
 LINEAR_SHAPE = (1, 8, 8)
 LINEAR_SIGMA = 0.25

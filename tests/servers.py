@@ -8,8 +8,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from models import write_linear_model
 from prometheus_client.parser import text_string_to_metric_families
+
+from smoothserve_dev.models import write_linear_model
 
 SHAPE = (1, 8, 8)
 CLEAR_INPUT = np.full(SHAPE, 0.8, np.float32)  # w.x + b = 2.4 > 0: class 1, radius ~2.4

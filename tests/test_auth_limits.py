@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import health, scrape, write_linear_repo
 
 from smoothserve.metrics import METRICS_WORKERS
-from smoothserve.testing import ServerProcess
 from smoothserve.transport.auth import (
     FAILURE_BURST,
     FAILURES_PER_SECOND,
@@ -29,6 +28,7 @@ from smoothserve.transport.auth import (
     peer_address,
 )
 from smoothserve.transport.limits import MAX_HEALTH_WATCHES
+from smoothserve_dev.testing import ServerProcess
 
 TOKEN = "limits-token-0123456789abcdef"
 LIST_MODELS = "/smoothserve.v1.SmoothServe/ListModels"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import LINEAR_SHAPE
 
-from smoothserve.testing import ServerProcess
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
+from smoothserve_dev.testing import ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -8,9 +8,9 @@ import pytest
 
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.repository import sha256_of
-from smoothserve.testing import ServerProcess
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import load_fashion_mnist
+from smoothserve_dev.testing import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1] / "model_repo"
 COMMITTED = sorted(p.name for p in REPO.iterdir() if (p / "config.pbtxt").exists())

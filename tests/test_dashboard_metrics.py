@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import write_linear_model
 from prometheus_client.parser import text_string_to_metric_families
 
-from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.models import write_linear_model
+from smoothserve_dev.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "smoothserve.json"
@@ -351,7 +351,7 @@ def test_triton_names_exist_in_a_real_triton_scrape(tmp_path: Path) -> None:
     are on Triton's /metrics page, and the backend panels' series carry backend="triton"."""
     from triton_helpers import require_tritonserver
 
-    from smoothserve.triton_twin import TritonProcess, build_twin_repository
+    from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository
 
     require_tritonserver()
     repo = tmp_path / "repo"

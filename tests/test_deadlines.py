@@ -11,11 +11,11 @@ from servers import CLEAR_INPUT, metric, write_linear_repo
 
 from smoothserve.app import Server
 from smoothserve.config import ServerConfig
-from smoothserve.testing import ServerProcess
 from smoothserve.transport.servicer import SmoothServeServicer
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 from smoothserve_client.client import SmoothServeClient, SmoothServeError, encode_tensor
+from smoothserve_dev.testing import ServerProcess
 
 SAMPLES = "smoothserve_noisy_samples_total"
 HUGE_N = 1_000_000  # minutes at one sample per 32-row batch round trip

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import write_linear_model
 
 from smoothserve.config import ServerConfig
 from smoothserve.dataplane import CERTIFY, PREDICT, DataPlane, PredictInput, decode_input
@@ -20,6 +19,7 @@ from smoothserve.metrics import Metrics
 from smoothserve.repository import scan
 from smoothserve.transport.servicer import to_input
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
+from smoothserve_dev.models import write_linear_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)

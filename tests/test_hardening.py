@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import pytest
 from conftest import LINEAR_SHAPE
-from models import write_histogram_model, write_linear_model
 from servers import metric
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
@@ -25,10 +24,11 @@ from smoothserve.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.noise import noise_generator
 from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler
-from smoothserve.testing import ServerProcess
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
+from smoothserve_dev.models import write_histogram_model, write_linear_model
+from smoothserve_dev.testing import ServerProcess
 
 SHAPE = (1, 4, 4)
 X = np.full(SHAPE, 0.5, np.float32)

@@ -12,8 +12,8 @@ import pytest
 from servers import CLEAR_INPUT, metric, write_linear_repo
 
 from smoothserve.config import ServerConfig
-from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
 
 MAX_SAMPLES = 320_000
 MAX_REQUESTS = 3

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from models import write_histogram_model
 from scipy import stats
 
 from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
-from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient
+from smoothserve_dev.models import write_histogram_model
+from smoothserve_dev.testing import ServerProcess
 
 SIGMA = 0.25
 SHAPE = (1, 8, 8)

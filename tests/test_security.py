@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from servers import CLEAR_INPUT, SHAPE, health, write_linear_repo
 
 from smoothserve.config import ServerConfig
-from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
 
 FILE_TOKEN = "file-token-0123456789abcdef"
 ENV_TOKENS = ("env-token-one", "env-token-two")

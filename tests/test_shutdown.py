@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 from servers import CLEAR_INPUT, health, metric, write_linear_repo
 
-from smoothserve.testing import ServerProcess
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
 
 SLOW = ["--batch-size", "32", "--pipeline-depth", "1"]
 

@@ -8,15 +8,15 @@ the torch backend and by the embedded ONNX Runtime backend and their counts comp
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
-from models import write_linear_model
 from scipy.stats import chi2_contingency, norm
+
+from smoothserve_dev.models import write_linear_model
 
 torch = pytest.importorskip("torch")
 
@@ -28,31 +28,23 @@ from smoothserve.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve.noise import noise_generator  # noqa: E402
 from smoothserve.repository import latest  # noqa: E402
 from smoothserve.scheduler import BatchScheduler  # noqa: E402
-from smoothserve.testing import ServerProcess  # noqa: E402
 from smoothserve_client import SmoothServeClient  # noqa: E402
+from smoothserve_dev.testing import ServerProcess  # noqa: E402
+from smoothtrain import torchscript  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_torchscript.py"
 CNN_SHAPE, CNN_SIGMA, CNN_CLASSES = (1, 12, 12), 0.5, 5
 SERVER_ARGS = ["--batch-size", "1024", "--max-n", "400000"]
 DEVICE = os.environ.get("SMOOTHSERVE_TORCH_DEVICE", "cpu")
 
 
-def exporter():
-    spec = importlib.util.spec_from_file_location("export_torchscript", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def linear_twin(repo: Path, name: str, w: np.ndarray, b: float, shape: tuple[int, ...]) -> None:
-    """tests/models.py's linear ONNX model plus the same network in TorchScript."""
+    """smoothserve_dev.models' linear ONNX model plus the same network in TorchScript."""
     version = write_linear_model(repo, name, w, b, LINEAR_SIGMA, shape) / "1"
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(shape)), 2))
     with torch.no_grad():
         net[1].weight.copy_(torch.tensor(np.stack([np.zeros(w.size), w.ravel()])))
         net[1].bias.copy_(torch.tensor([0.0, b]))
-    exporter().write_torchscript(net, shape, version / "model.pt")
+    torchscript.write_torchscript(net, shape, version / "model.pt")
 
 
 def cnn_twin(repo: Path, name: str = "cnn") -> None:
@@ -68,10 +60,11 @@ def cnn_twin(repo: Path, name: str = "cnn") -> None:
     ).eval()
     version = repo / name / "1"
     export_onnx(net, CNN_SHAPE, version / "model.onnx")
-    tool = exporter()
-    tool.write_torchscript(net, CNN_SHAPE, version / "model.pt")
+    torchscript.write_torchscript(net, CNN_SHAPE, version / "model.pt")
     assert (
-        tool.max_difference_to_onnx(version / "model.pt", version / "model.onnx", CNN_SHAPE, 0.5)
+        torchscript.max_difference_to_onnx(
+            version / "model.pt", version / "model.onnx", CNN_SHAPE, 0.5
+        )
         < 1e-4
     )
     labels = tuple(f"c{k}" for k in range(CNN_CLASSES))
@@ -229,7 +222,7 @@ def test_models_without_torchscript_are_refused(tmp_path) -> None:
     w, b = linear_weights()
     write_linear_model(tmp_path, "onnx_only", w, b, LINEAR_SIGMA, LINEAR_SHAPE)
     states = asyncio.run(TorchBackend(tmp_path, device="cpu").start())
-    assert not states.ready and "export_torchscript" in states.failed["onnx_only"]
+    assert not states.ready and "smoothtrain.torchscript" in states.failed["onnx_only"]
 
 
 def test_half_precision_falls_back_when_it_disagrees(twin_repo) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from smoothserve.model_config import SmoothModelConfig  # noqa: E402
+from smoothserve_client.datasets import load_fashion_mnist  # noqa: E402
+from smoothtrain.attacks import ddn_l2, draw_noise, pgd_l2  # noqa: E402
+from smoothtrain.checkpoint import load_model  # noqa: E402
+from smoothtrain.cli import main  # noqa: E402
+from smoothtrain.models import build_model  # noqa: E402
+from smoothtrain.onnx_export import export_onnx, verify_onnx  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "export", ROOT / "server", ROOT / "clients"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-
-def _import(module: str, name: str):
-    return getattr(importlib.import_module(module), name)
-
-
-SmoothModelConfig = _import("smoothserve.model_config", "SmoothModelConfig")
-load_fashion_mnist = _import("smoothserve_client.datasets", "load_fashion_mnist")
-ddn_l2 = _import("smoothtrain.attacks", "ddn_l2")
-draw_noise = _import("smoothtrain.attacks", "draw_noise")
-pgd_l2 = _import("smoothtrain.attacks", "pgd_l2")
-load_model = _import("smoothtrain.checkpoint", "load_model")
-main = _import("smoothtrain.cli", "main")
-build_model = _import("smoothtrain.models", "build_model")
-export_onnx = _import("smoothtrain.onnx_export", "export_onnx")
-verify_onnx = _import("smoothtrain.onnx_export", "verify_onnx")
 
 SLICE = ROOT / "data" / "fashion-mnist-slice"
 TINY = [
@@ -102,7 +89,7 @@ def test_attacks_stay_in_the_ball_and_the_box() -> None:
 
 
 def test_certify_through_the_server(trained) -> None:
-    testing = pytest.importorskip("smoothserve.testing")
+    testing = pytest.importorskip("smoothserve_dev.testing")
     client_module = pytest.importorskip("smoothserve_client")
     dataset_module = pytest.importorskip("smoothserve_client.dataset")
     tmp_path, _ = trained

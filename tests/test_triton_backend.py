@@ -27,9 +27,9 @@ from smoothserve.backends.triton import TritonBackend
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
 from smoothserve.repository import sha256_of
-from smoothserve.testing import ServerProcess
-from smoothserve.triton_twin import TritonProcess
 from smoothserve_client.client import SmoothServeClient
+from smoothserve_dev.testing import ServerProcess
+from smoothserve_dev.triton_twin import TritonProcess
 
 pytestmark = pytest.mark.timeout(180)
 

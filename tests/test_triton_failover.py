@@ -20,9 +20,9 @@ from triton_helpers import SHAPE, near_boundary, require_tritonserver, twin, wei
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.errors import Unavailable
 from smoothserve.schema.model_config_pb2 import ModelConfig
-from smoothserve.testing import ServerProcess
-from smoothserve.triton_twin import TritonProcess, free_port, scrape
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
+from smoothserve_dev.triton_twin import TritonProcess, free_port, scrape
 
 pytestmark = pytest.mark.timeout(180)
 X = near_boundary(SHAPE, weights(SHAPE, 1), margin=0.1)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import write_linear_model
 
 from smoothserve.model_config import SmoothModelConfig
-from smoothserve.triton_twin import build_twin_repository, tritonserver_home
+from smoothserve_dev.models import write_linear_model
+from smoothserve_dev.triton_twin import build_twin_repository, tritonserver_home
 
 SHAPE = (1, 8, 8)
 BIG_SHAPE = (3, 64, 64)  # 49 kB a sample: a 256-row batch is 12.6 MB, over gRPC's 4 MB default

@@ -7,7 +7,7 @@ Fashion-MNIST without a directory is looked for, in this order (``fashion_mnist_
 
 1. ``/usr/share/datasets/fashion-mnist``: Debian's ``dataset-fashion-mnist`` package;
 2. ``data/fashion-mnist-slice`` of the checkout this package was imported from (an editable
-   install, or ``clients/`` on ``sys.path``);
+   install, or ``clients/`` on ``PYTHONPATH``);
 3. ``data/fashion-mnist-slice`` under the current directory (a non-editable ``pip install .``
    run from the checkout's root).
 

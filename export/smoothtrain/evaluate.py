@@ -40,9 +40,9 @@ def certify_models(
 
     Returns, per model, the Cohen-format rows and the wall time in seconds.
     """
-    from smoothserve.testing import ServerProcess
     from smoothserve_client import SmoothServeClient
     from smoothserve_client.dataset import certify_dataset
+    from smoothserve_dev.testing import ServerProcess
 
     results: dict[str, tuple[list[Row], float]] = {}
     root = Path(__file__).resolve().parents[2]

@@ -185,7 +185,7 @@ def _document(args, argv, curves, models, empirical, throughput, timing, setting
         "",
         (
             f"Certification ({settings}) ran through the real gRPC server "
-            "(`smoothserve.testing.ServerProcess` on `model_repo/`) with `smoothserve_client`; "
+            "(`smoothserve_dev.testing.ServerProcess` on `model_repo/`) with `smoothserve_client`; "
             "TSVs in Cohen et al.'s format are in `model_repo/<name>/certification.tsv`."
         ),
         "",

@@ -1,6 +1,6 @@
 """The PyTorch backend: the served networks' TorchScript twins, with the noise drawn on the device.
 
-Each version directory holds ``model.pt`` (TorchScript, from scripts/export_torchscript.py) next
+Each version directory holds ``model.pt`` (TorchScript, from ``smoothtrain.torchscript``) next
 to ``model.onnx``; Triton's onnxruntime_onnx platform loads only model.onnx. The noise never
 crosses the host: per segment, x + sigma * randn is built on the device from the seed the
 scheduler drew (a Philox torch.Generator on CUDA; NumPy's PCG64 when the device is the CPU), the
@@ -93,7 +93,7 @@ class TorchBackend(Backend):
                 path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
                 if path is None or not path.is_file():
                     states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
-                                      "(run scripts/export_torchscript.py)")  # fmt: skip
+                                      "(run python -m smoothtrain.torchscript)")  # fmt: skip
                     break
                 try:
                     self._networks[(name, version)] = self._load(model, path)

@@ -5,8 +5,8 @@ network (normalisation included, as in the ONNX graph) to ``model_repo/<name>/<v
 next to model.onnx, and checks its logits against the ONNX model with ONNX Runtime on clean and
 noisy batches (max |difference| <= --tolerance); a twin that fails is deleted.
 
-    .venv/bin/python scripts/export_torchscript.py                # every checkpoint served
-    .venv/bin/python scripts/export_torchscript.py fmnist_cnn_s25 --version 1
+    .venv/bin/python -m smoothtrain.torchscript                # every checkpoint served
+    .venv/bin/python -m smoothtrain.torchscript fmnist_cnn_s25 --version 1
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, as in smoothtrain.cli
 TORCHSCRIPT_FILE = "model.pt"  # smoothserve.backends.torch_backend reads this name
 
 

@@ -8,7 +8,7 @@ model that runs the same ``model.onnx`` with ONNX Runtime on the CPU. ``fp16=Tru
 ``TYPE_FP16`` inputs instead (the twin casts to float32 before ONNX Runtime), which is what an
 fp16-input export would declare in production.
 
-Command line: ``python -m smoothserve.triton_twin --model-repo model_repo`` serves the twin
+Command line: ``python -m smoothserve_dev.triton_twin --model-repo model_repo`` serves the twin
 until interrupted and prints its gRPC address.
 """
 
@@ -26,53 +26,17 @@ import sysconfig
 import tempfile
 import time
 import uuid
+from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
 
-from . import repository
-from .model_config import SmoothModelConfig
-from .schema.model_config_pb2 import DataType, InstanceGroup
+from smoothserve import repository
+from smoothserve.model_config import SmoothModelConfig
+from smoothserve.schema.model_config_pb2 import DataType, InstanceGroup
 
-MODEL_PY = '''\
-"""Python-backend twin of an onnxruntime_onnx model: the same model.onnx on the CPU."""
-
-import json
-import os
-
-import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        threads = int(config.get("parameters", {}).get("twin_threads", {}).get("string_value", 1))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-    def execute(self, requests):
-        arrays = [
-            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
-        ]
-        batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        (logits,) = self.session.run(
-            [self.output_name], {self.input_name: batch.astype(np.float32, copy=False)}
-        )
-        responses, offset = [], 0
-        for array in arrays:
-            rows = logits[offset : offset + len(array)]
-            offset += len(array)
-            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(rows, np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-        return responses
-'''
+# The Python-backend model every twin version runs (package data, copied into the twin).
+TWIN_MODEL = "twin_backend/model.py"
 
 
 def tritonserver_home() -> Path | None:
@@ -107,6 +71,7 @@ def build_twin_repository(
     """Write the twin of every model of ``model_repo`` (or of those in ``only``) under
     ``dest``; return their names. Each twin model is one Python stub process in Triton."""
     dest.mkdir(parents=True, exist_ok=True)
+    model_py = resources.files(__package__).joinpath(TWIN_MODEL).read_text()
     models = repository.scan(Path(model_repo)).ready
     if only:
         models = {name: versions for name, versions in models.items() if name in only}
@@ -118,7 +83,7 @@ def build_twin_repository(
         for version, model in versions.items():
             version_dir = model_dir / version
             version_dir.mkdir(exist_ok=True)
-            (version_dir / "model.py").write_text(MODEL_PY)
+            (version_dir / "model.py").write_text(model_py)
             link = version_dir / repository.MODEL_FILE
             if not link.exists():
                 link.symlink_to(Path(model.path).resolve())
