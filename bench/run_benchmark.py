@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from smoothserve.certify import certify
 from smoothserve.model_config import SmoothModelConfig
-from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
+from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import load_fashion_mnist
 from smoothserve_dev.testing import ServerProcess
@@ -83,7 +83,7 @@ def noise_throughput(shape, batch: int, seconds: float) -> float:
     with ThreadPoolExecutor(threads) as pool:
         while time.perf_counter() - started < seconds:
             pieces = stream.pieces(out, done)
-            list(pool.map(lambda p: fill_noisy(p[0], x, 0.5, p[1]), pieces))
+            list(pool.map(lambda p: fill_noisy_copies(p[0], x, 0.5, p[1]), pieces))
             done += batch
     return done / (time.perf_counter() - started)
 

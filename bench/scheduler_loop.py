@@ -16,7 +16,7 @@ import numpy as np
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.metrics import Metrics
-from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
+from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
 from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler
 
@@ -33,7 +33,7 @@ def noise_only(shape, threads: int, batches: int = 30, batch: int = 1024) -> flo
         for _ in range(batches):
             pieces = stream.pieces(out, start)
             start += batch
-            list(pool.map(lambda p: fill_noisy(p[0], x, 0.5, p[1]), pieces))
+            list(pool.map(lambda p: fill_noisy_copies(p[0], x, 0.5, p[1]), pieces))
         return batches * batch / (time.perf_counter() - started)
 
 

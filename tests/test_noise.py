@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
+from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
 from smoothserve_client.client import SmoothServeClient
 from smoothserve_dev.models import write_histogram_model
 from smoothserve_dev.testing import ServerProcess
@@ -33,14 +33,14 @@ def _bin_probabilities(scale: float) -> np.ndarray:
     return np.diff(cdf)
 
 
-# fill_noisy itself --------------------------------------------------------------------
+# fill_noisy_copies itself --------------------------------------------------------------------
 
 
-def test_fill_noisy_is_gaussian_at_sigma():
+def test_fill_noisy_copies_is_gaussian_at_sigma():
     rng = noise_generator()
     x = rng.uniform(0, 1, SHAPE).astype(np.float32)
     out = np.empty((65_536, *SHAPE), np.float32)  # 4.2 million draws
-    fill_noisy(out, x, SIGMA, rng)
+    fill_noisy_copies(out, x, SIGMA, rng)
     noise = (out.astype(np.float64) - x).ravel()
     count = noise.size
     assert abs(noise.mean()) < Z * SIGMA / np.sqrt(count)
@@ -58,10 +58,10 @@ def test_fill_noisy_is_gaussian_at_sigma():
 def test_batching_does_not_change_a_seeded_stream():
     x = np.full(SHAPE, 0.5, np.float32)
     whole = np.empty((1000, *SHAPE), np.float32)
-    fill_noisy(whole, x, SIGMA, noise_generator(42))
+    fill_noisy_copies(whole, x, SIGMA, noise_generator(42))
     pieces, rng, start = np.empty_like(whole), noise_generator(42), 0
     for size in (7, 1, 256, 3, 733):
-        fill_noisy(pieces[start : start + size], x, SIGMA, rng)
+        fill_noisy_copies(pieces[start : start + size], x, SIGMA, rng)
         start += size
     assert np.array_equal(whole, pieces)
 

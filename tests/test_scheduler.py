@@ -1,21 +1,52 @@
-"""The scheduler with the real ONNX Runtime backend, in process: packing and fairness."""
+"""The scheduler with the real ONNX Runtime backend, in process: packing, fairness, and the
+two noise strategies (host noise, and noise drawn by the backend from per-segment seeds)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
+import pytest
 from conftest import LINEAR_SHAPE
 
+from smoothserve.backends.base import NoisySegment
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
+from smoothserve.errors import BadState
 from smoothserve.metrics import Metrics
 from smoothserve.noise import noise_generator
-from smoothserve.repository import latest
+from smoothserve.repository import ModelVersion, latest
+from smoothserve.sampling import DeviceNoise, HostNoise
 from smoothserve.scheduler import BatchScheduler
 
 
-async def make_scheduler(repo, batch_size: int, depth: int = 1, noise_threads: int = 1):
-    backend = OnnxRuntimeBackend(repo, providers=["CPUExecutionProvider"])
+class SeededNoiseBackend(OnnxRuntimeBackend):
+    """ONNX Runtime behind the device-noise interface: ``classify_noisy`` draws each segment's
+    noise from its seed alone (as the torch backend does on the CPU), so the scheduler's
+    device path runs without torch. Keeps every segment it was given."""
+
+    generates_noise = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.segments: list[NoisySegment] = []
+
+    async def classify_noisy(self, model: ModelVersion, segments: list[NoisySegment]) -> np.ndarray:
+        self.segments.extend(segments)
+        sigma = model.config.sigma
+        batch = np.concatenate([
+            x + sigma * noise_generator(seed).standard_normal((count, *x.shape), np.float32)
+            for x, count, seed in segments
+        ])  # fmt: skip
+        return await self.classify(model, batch)
+
+
+async def make_scheduler(
+    repo, batch_size: int, depth: int = 1, noise_threads: int = 1, device: bool = False
+):
+    kind = SeededNoiseBackend if device else OnnxRuntimeBackend
+    backend = kind(repo, providers=["CPUExecutionProvider"])
     model = latest((await backend.start()).ready["linear"])
     metrics = Metrics()
     scheduler = BatchScheduler(
@@ -84,3 +115,184 @@ def test_seeded_counts_do_not_depend_on_batching(linear_repo) -> None:
     assert asyncio.run(run(batch_size=777, others=5)) == alone
     assert asyncio.run(run(batch_size=1024, others=2, threads=2)) == alone
     assert asyncio.run(run(batch_size=4096, others=0, threads=3)) == alone
+
+
+# The two noise strategies behind the scheduler ---------------------------------------------
+
+STRATEGIES = pytest.mark.parametrize("device", [False, True], ids=["host", "device"])
+GREY = np.full(LINEAR_SHAPE, 0.5, np.float32)
+
+
+def histogram(metric, **labels: str) -> tuple[float, float]:
+    """(count, sum) of one labelled series of a histogram."""
+    values = {s.name.rsplit("_", 1)[-1]: s.value
+              for s in metric.collect()[0].samples if s.labels == labels}  # fmt: skip
+    return values["count"], values["sum"]
+
+
+def test_the_strategy_follows_the_backend(linear_repo) -> None:
+    async def main():
+        host, _ = await make_scheduler(linear_repo, 64, depth=3)
+        device, _ = await make_scheduler(linear_repo, 64, depth=3, device=True)
+        for scheduler in (host, device):
+            await scheduler.close()
+        return host.noise, device.noise
+
+    host, device = asyncio.run(main())
+    assert isinstance(host, HostNoise) and len(host._buffers) == 3
+    assert isinstance(device, DeviceNoise)
+
+
+@STRATEGIES
+def test_callbacks_and_metrics_count_every_sample(linear_repo, device: bool) -> None:
+    async def main():
+        scheduler, metrics = await make_scheduler(linear_repo, 100, depth=2, device=device)
+        seen: list[int] = []
+        counts = await asyncio.gather(
+            scheduler.count(GREY, 250, noise_generator(1), seen.append),
+            scheduler.count(GREY, 130, noise_generator(2)),
+        )
+        await scheduler.close()
+        return counts, seen, metrics
+
+    counts, seen, metrics = asyncio.run(main())
+    assert [c.sum() for c in counts] == [250, 130]
+    assert sum(seen) == 250 and max(seen) <= 100
+    assert metrics.noisy_samples.labels("linear")._value.get() == 380
+    assert histogram(metrics.batch_size, model="linear") == (4, 380)  # 100 + 100 + 100 + 80
+    assert histogram(metrics.batch_fill, model="linear") == (4, pytest.approx(3.8))
+    assert histogram(metrics.backend_latency, model="linear", backend="onnxruntime")[0] == 4
+
+
+@STRATEGIES
+def test_seeded_counts_reproduce(linear_repo, device: bool) -> None:
+    async def run(seed: int) -> list[int]:
+        scheduler, _ = await make_scheduler(linear_repo, 128, depth=2, device=device)
+        counts = await scheduler.count(GREY, 2_000, noise_generator(seed))
+        await scheduler.close()
+        return counts.tolist()
+
+    first = asyncio.run(run(5))
+    assert asyncio.run(run(5)) == first and asyncio.run(run(6)) != first
+
+
+def test_device_seeds_come_from_each_job_in_cut_order(linear_repo) -> None:
+    """Each segment's seed is the job's generator's next draw, in the order batches were cut,
+    however many batches are in flight."""
+
+    async def main():
+        scheduler, _ = await make_scheduler(linear_repo, 64, depth=3, device=True)
+        inputs = [np.full(LINEAR_SHAPE, 0.1 * (k + 1), np.float32) for k in range(3)]
+        jobs = [scheduler.count(x, 300 + 50 * k, noise_generator(40 + k))
+                for k, x in enumerate(inputs)]  # fmt: skip
+        await asyncio.gather(*jobs)
+        await scheduler.close()
+        return inputs, scheduler.backend.segments
+
+    inputs, segments = asyncio.run(main())
+    for k, x in enumerate(inputs):
+        mine = [(count, seed) for clean, count, seed in segments if clean is x]
+        rng = noise_generator(40 + k)
+        assert [seed for _, seed in mine] == [int(rng.integers(2**63)) for _ in mine]
+        assert sum(count for count, _ in mine) == 300 + 50 * k
+
+
+def failing(backend, device: bool, error: BaseException, times: int = 1) -> None:
+    """The backend's next ``times`` batches fail with ``error``; later ones succeed."""
+    name = "classify_noisy" if device else "classify"
+    real, left = getattr(backend, name), [times]
+
+    async def call(*args):
+        if left[0]:
+            left[0] -= 1
+            raise error
+        return await real(*args)
+
+    setattr(backend, name, call)
+
+
+@STRATEGIES
+def test_a_backend_error_fails_the_batch_and_frees_its_slot(linear_repo, device: bool) -> None:
+    async def main():
+        scheduler, _ = await make_scheduler(linear_repo, 256, depth=1, device=device)
+        failing(scheduler.backend, device, RuntimeError("backend down"))
+        both = asyncio.gather(
+            scheduler.count(GREY, 100, noise_generator(1)),
+            scheduler.count(GREY, 100, noise_generator(2)),
+            return_exceptions=True,
+        )
+        errors = await asyncio.wait_for(both, 10)
+        after = await asyncio.wait_for(scheduler.count(GREY, 100, noise_generator(3)), 10)
+        await scheduler.close()
+        return errors, after, scheduler.queue_depth
+
+    errors, after, depth = asyncio.run(main())
+    assert [str(e) for e in errors] == ["backend down"] * 2  # every job in the batch
+    assert after.sum() == 100 and depth == 0
+
+
+@STRATEGIES
+def test_a_wrong_number_of_classes_is_a_bad_state(linear_repo, device: bool) -> None:
+    async def main():
+        scheduler, _ = await make_scheduler(linear_repo, 64, depth=1, device=device)
+        name = "classify_noisy" if device else "classify"
+        real = getattr(scheduler.backend, name)
+
+        async def one_short(*args):
+            return (await real(*args))[:-1]
+
+        setattr(scheduler.backend, name, one_short)
+        with pytest.raises(BadState, match="returned 49 classes .* for 50 samples"):
+            await scheduler.count(GREY, 50, noise_generator(1))
+        setattr(scheduler.backend, name, real)
+        after = await asyncio.wait_for(scheduler.count(GREY, 50, noise_generator(2)), 10)
+        await scheduler.close()
+        return after
+
+    assert asyncio.run(main()).sum() == 50
+
+
+@STRATEGIES
+def test_cancellation_and_fail_all(linear_repo, device: bool) -> None:
+    async def main():
+        scheduler, metrics = await make_scheduler(linear_repo, 256, depth=2, device=device)
+        large = asyncio.ensure_future(scheduler.count(GREY, 10**9, noise_generator(1)))
+        await asyncio.sleep(0.05)
+        large.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await large
+        left_after_cancel = scheduler.queue_depth
+        small = await asyncio.wait_for(scheduler.count(GREY, 500, noise_generator(2)), 10)
+        abandoned = metrics.samples_abandoned.labels("linear")._value.get()
+
+        waiting = asyncio.ensure_future(scheduler.count(GREY, 10**9, noise_generator(3)))
+        await asyncio.sleep(0.05)
+        over = RuntimeError("server shutting down")
+        scheduler.fail_all(over)
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await waiting
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await scheduler.count(GREY, 10, noise_generator(4))
+        await scheduler.close()
+        return left_after_cancel, small, abandoned
+
+    left, small, abandoned = asyncio.run(main())
+    assert left == 0 and small.sum() == 500
+    assert 0 < abandoned < 10**9
+
+
+def test_close_stops_the_host_noise_threads(linear_repo) -> None:
+    async def main():
+        scheduler, _ = await make_scheduler(linear_repo, 256, depth=2, noise_threads=2)
+        await scheduler.count(GREY, 2_000, noise_generator(1))
+        await scheduler.close()
+
+    def noise_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(("fill-", "noise-"))]
+
+    assert not noise_threads()
+    asyncio.run(main())
+    deadline = time.monotonic() + 5
+    while noise_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not noise_threads()

@@ -21,12 +21,13 @@ from smoothserve_dev.models import write_linear_model
 torch = pytest.importorskip("torch")
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from smoothserve.backends.torch_backend import TorchBackend  # noqa: E402
+from smoothserve.backends.torch_backend import TorchBackend, draw_noisy_segments  # noqa: E402
 from smoothserve.certify import certify  # noqa: E402
 from smoothserve.metrics import Metrics  # noqa: E402
 from smoothserve.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve.noise import noise_generator  # noqa: E402
 from smoothserve.repository import latest  # noqa: E402
+from smoothserve.sampling import DeviceNoise, HostNoise  # noqa: E402
 from smoothserve.scheduler import BatchScheduler  # noqa: E402
 from smoothserve_client import SmoothServeClient  # noqa: E402
 from smoothserve_dev.testing import ServerProcess  # noqa: E402
@@ -171,7 +172,7 @@ def test_device_path_keeps_no_noise_on_the_host(twin_repo, monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("noise drawn on, or a batch sent from, the host")
 
-    monkeypatch.setattr("smoothserve.scheduler.fill_noisy", forbidden)
+    monkeypatch.setattr("smoothserve.sampling.fill_noisy_copies", forbidden)
 
     async def main():
         backend = TorchBackend(twin_repo, device=DEVICE)
@@ -180,25 +181,23 @@ def test_device_path_keeps_no_noise_on_the_host(twin_repo, monkeypatch) -> None:
         seen: list[tuple[tuple[int, ...], int]] = []
         classify_noisy = backend.classify_noisy
 
-        async def recording(model, segments, sigma):
+        async def recording(model, segments):
             seen.extend((x.shape, count) for x, count, _ in segments)
-            return await classify_noisy(model, segments, sigma)
+            return await classify_noisy(model, segments)
 
         backend.classify_noisy = recording
         metrics = Metrics()
         scheduler = BatchScheduler(model, backend, metrics, batch_size=256, pipeline_depth=2)
-        tokens = [scheduler._free.get_nowait() for _ in range(2)]
-        for token in tokens:
-            scheduler._free.put_nowait(token)
+        strategy = scheduler.noise
         scheduler.start()
         jobs = [scheduler.count(cnn_input(), 1_000, noise_generator()) for _ in range(3)]
         counts = await asyncio.gather(*jobs)
         await scheduler.close()
         await backend.close()
-        return tokens, seen, counts, metrics.noisy_samples.labels("cnn")._value.get()
+        return strategy, seen, counts, metrics.noisy_samples.labels("cnn")._value.get()
 
-    tokens, seen, counts, drawn = asyncio.run(main())
-    assert tokens == [None, None]  # no host batch buffer exists
+    strategy, seen, counts, drawn = asyncio.run(main())
+    assert isinstance(strategy, DeviceNoise) and not hasattr(strategy, "_buffers")
     assert {shape for shape, _ in seen} == {CNN_SHAPE}  # only clean inputs cross
     assert sum(count for _, count in seen) == drawn == 3_000
     assert [c.sum() for c in counts] == [1_000] * 3
@@ -211,11 +210,13 @@ def test_host_backends_keep_their_buffers(twin_repo) -> None:
         backend = OnnxRuntimeBackend(twin_repo, providers=["CPUExecutionProvider"])
         model = latest((await backend.start()).ready["cnn"])
         scheduler = BatchScheduler(model, backend, Metrics(), batch_size=64, pipeline_depth=2)
-        tokens = [scheduler._free.get_nowait() for _ in range(2)]
+        await scheduler.close()
         await backend.close()
-        return tokens
+        return scheduler.noise
 
-    assert all(t is not None and t.shape == (64, *CNN_SHAPE) for t in asyncio.run(main()))
+    strategy = asyncio.run(main())
+    assert isinstance(strategy, HostNoise)
+    assert [b.shape for b in strategy._buffers] == [(64, *CNN_SHAPE)] * 2  # one per slot
 
 
 def test_models_without_torchscript_are_refused(tmp_path) -> None:
@@ -240,13 +241,27 @@ def test_half_precision_falls_back_when_it_disagrees(twin_repo) -> None:
 def test_segments_draw_from_their_whole_seed() -> None:
     """Seeds that differ only above bit 32 give different noise (torch's CPU generator would
     not), the same seed the same noise, and each segment gets its own input."""
-    from smoothserve.backends.torch_backend import fill_noisy
-
     x0, x1 = np.zeros(CNN_SHAPE, np.float32), np.ones(CNN_SHAPE, np.float32)
     seed = 12345
     out = torch.empty((6, *CNN_SHAPE), device=DEVICE)
-    fill_noisy(out, [(x0, 2, seed), (x0, 2, seed + 2**32), (x1, 2, seed)], 0.5)
+    draw_noisy_segments(out, [(x0, 2, seed), (x0, 2, seed + 2**32), (x1, 2, seed)], 0.5)
     assert not torch.equal(out[0:2], out[2:4])
     assert torch.allclose(out[4:6] - 1, out[0:2], atol=1e-6)
+    again = torch.empty((2, *CNN_SHAPE), device=DEVICE)
+    draw_noisy_segments(again, [(x0, 2, seed + 2**32)], 0.5)
+    assert torch.equal(again, out[2:4])  # a segment's noise is a function of its seed alone
     noise = out[0:4].flatten().cpu()
     assert abs(float(noise.mean())) < 0.1 and abs(float(noise.std()) - 0.5) < 0.05
+
+
+def test_cpu_segments_draw_from_noise_generator() -> None:
+    """On the CPU a segment's noise is exactly ``noise_generator(seed)``'s normals (NumPy's
+    PCG64 keyed by all 63 bits), not torch's 32-bit-seeded CPU generator."""
+    x = np.full(CNN_SHAPE, 0.5, np.float32)
+    seed = 2**62 + 2**40 + 7
+    out = torch.empty((3, *CNN_SHAPE))
+    draw_noisy_segments(out, [(x, 3, seed)], 0.5)
+    expected = 0.5 * noise_generator(seed).standard_normal((3, *CNN_SHAPE), dtype=np.float32)
+    np.testing.assert_allclose(out.numpy() - x, expected, atol=1e-6)
+    torch_cpu = torch.randn((3, *CNN_SHAPE), generator=torch.Generator().manual_seed(seed))
+    assert not np.allclose(out.numpy() - x, 0.5 * torch_cpu.numpy(), atol=1e-3)

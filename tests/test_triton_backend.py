@@ -25,7 +25,7 @@ from triton_helpers import (
 
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.model_config import SmoothModelConfig
-from smoothserve.noise import NoiseStream, fill_noisy, noise_generator
+from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
 from smoothserve.repository import sha256_of
 from smoothserve_client.client import SmoothServeClient
 from smoothserve_dev.testing import ServerProcess
@@ -143,7 +143,7 @@ def rounded_to_fp16_counts(repo: Path, x: np.ndarray, sizes: tuple[int, ...], se
     for size in sizes:  # the selection draws, then the estimation draws: one stream each
         batch = np.empty((size, *SHAPE), np.float32)
         for rows, generator in NoiseStream(rng, SHAPE).pieces(batch, 0):
-            fill_noisy(rows, x, SIGMA, generator)
+            fill_noisy_copies(rows, x, SIGMA, generator)
         (logits,) = session.run(["logits"], {"input": batch.astype(np.float16).astype(np.float32)})
         counts.append(tuple(np.bincount(logits.argmax(1), minlength=2).tolist()))
     return counts

@@ -26,8 +26,11 @@ def noise_generator(seed: int | None = None) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def fill_noisy(out: np.ndarray, x: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
-    """Write x + N(0, sigma^2 I) into each row of ``out``, in the input's pixel space.
+def fill_noisy_copies(
+    out: np.ndarray, x: np.ndarray, sigma: float, rng: np.random.Generator
+) -> None:
+    """Overwrite each row of ``out`` with a noisy copy x + sigma * eps of the clean input ``x``,
+    eps ~ N(0, I) drawn from ``rng``, in the input's pixel space.
 
     Drawing k rows at a time gives the same stream as drawing them all at once, so a seeded
     request gets the same noise whatever batches the scheduler cuts it into.

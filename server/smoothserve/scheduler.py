@@ -1,17 +1,15 @@
 """Packs the noisy samples of all in-flight requests into backend batches.
 
-Each request is a job: an input, a count of samples still to draw and its own noise
-generator. Batches are cut round-robin across jobs, each getting an equal share of a batch,
-so eight concurrent requests fill batches together and a large request cannot starve small
-ones. Noise is generated one batch at a time, never n copies at once. Batches are filled
-one after another (a fill overlaps the backend's run of the previous batch), each fill
-spread over ``noise_threads`` threads by the chunks of each job's ``NoiseStream``, so seeded
-requests are reproducible whatever the batching.
+Each request is a job: an input, a count of samples still to draw and its own noise source.
+Batches are cut round-robin across jobs, each getting an equal share of a batch, so eight
+concurrent requests fill batches together and a large request cannot starve small ones;
+the votes of each batch are added to each job's counts.
 
-A backend with ``generates_noise`` draws the noise on its device instead: the scheduler keeps
-no host buffers and hands it, per segment, the clean input, a count and a seed drawn in order
-from the job's generator. A seeded request is then reproducible only when it is cut into the
-same segments (same batch size, same concurrent requests).
+How the noise is made is the ``NoiseStrategy`` chosen at construction (``sampling.py``): on
+the host, where the noise of a job's sample i depends only on the job's key and i, so seeded
+requests are reproducible whatever the batching; or on the backend's device, from a seed per
+segment drawn in cut order. Noise is generated one batch at a time, never n copies at once,
+and at most ``pipeline_depth`` batches are in flight.
 """
 
 from __future__ import annotations
@@ -20,19 +18,18 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .backends.base import Backend
 from .errors import BadState
 from .metrics import Metrics
-from .noise import NoiseStream, fill_noisy
 from .repository import ModelVersion
+from .sampling import NoiseStrategy, Segment, noise_strategy
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +37,10 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Job:
     x: np.ndarray
-    rng: np.random.Generator
+    noise: Any  # the job's noise source, from the scheduler's NoiseStrategy
     remaining: int
     counts: np.ndarray
     future: asyncio.Future
-    stream: NoiseStream | None = None  # host noise; None when the backend draws it
     assigned: int = 0  # samples cut into batches so far: the next sample's index
     in_flight: int = 0
     done: bool = field(default=False)
@@ -75,23 +71,11 @@ class BatchScheduler:
         self.backend = backend
         self.metrics = metrics
         self.batch_size = batch_size
+        self.noise: NoiseStrategy[Any] = noise_strategy(
+            model, backend, batch_size, pipeline_depth, noise_threads
+        )
         self._jobs: deque[_Job] = deque()
         self._work = asyncio.Event()
-        # One token per batch in flight: a host buffer, or None when the backend draws the noise.
-        self._free: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        for _ in range(pipeline_depth):
-            self._free.put_nowait(
-                None
-                if backend.generates_noise
-                else np.empty((batch_size, *model.config.input_shape), np.float32)
-            )
-        # One thread orders the fills; the pool draws each fill's chunks in parallel.
-        self._noise_thread = ThreadPoolExecutor(1, thread_name_prefix=f"fill-{model.name}")
-        self._noise_pool = (
-            ThreadPoolExecutor(noise_threads, thread_name_prefix=f"noise-{model.name}")
-            if noise_threads > 1 and not backend.generates_noise
-            else None
-        )
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._closed_with: BaseException | None = None
@@ -114,9 +98,7 @@ class BatchScheduler:
             task.cancel()
         for job in self._jobs:
             job.finish(asyncio.CancelledError())
-        self._noise_thread.shutdown(wait=False, cancel_futures=True)
-        if self._noise_pool:
-            self._noise_pool.shutdown(wait=False, cancel_futures=True)
+        self.noise.close()
 
     @property
     def queue_depth(self) -> int:
@@ -137,10 +119,8 @@ class BatchScheduler:
         if self._closed_with is not None:
             raise self._closed_with
         counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
-        job = _Job(x, rng, num, counts, asyncio.get_running_loop().create_future())
-        if not self.backend.generates_noise:
-            job.stream = NoiseStream(rng, self.model.config.input_shape)
-        job.on_classified = on_classified
+        future = asyncio.get_running_loop().create_future()
+        job = _Job(x, self.noise.source(rng), num, counts, future, on_classified=on_classified)
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
         self._work.set()
@@ -163,12 +143,12 @@ class BatchScheduler:
                 self._work.clear()
                 await self._work.wait()
                 continue
-            buffer = await self._free.get()
+            await self.noise.acquire()
             segments = self._cut_batch()
             if not segments:
-                self._free.put_nowait(buffer)
+                self.noise.release()
                 continue
-            task = asyncio.create_task(self._process(buffer, segments))
+            task = asyncio.create_task(self._process(segments))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -196,48 +176,21 @@ class BatchScheduler:
         self._jobs.rotate(-1)  # the next batch starts with another job
         return [(job, start, take) for job, (start, take) in segments.items()]
 
-    def _fill(self, buffer: np.ndarray, segments: list[tuple[_Job, int, int]]) -> int:
-        sigma = self.model.config.sigma
-        work, offset = [], 0
-        for job, start, take in segments:
-            for rows, generator in job.stream.pieces(buffer[offset : offset + take], start):
-                work.append((rows, job.x, generator))
-            offset += take
-        if self._noise_pool is None or len(work) == 1:
-            for rows, x, generator in work:
-                fill_noisy(rows, x, sigma, generator)
-        else:
-            list(self._noise_pool.map(lambda w: fill_noisy(w[0], w[1], sigma, w[2]), work))
-        return offset
-
-    async def _process(
-        self, buffer: np.ndarray | None, segments: list[tuple[_Job, int, int]]
-    ) -> None:
+    async def _process(self, segments: list[tuple[_Job, int, int]]) -> None:
+        """Classify one batch (holding one of the strategy's slots) and count its votes."""
         name = self.model.name
+        size = sum(take for _, _, take in segments)
         try:
-            if buffer is None:  # the backend draws the noise on its device
-                # Seeds are drawn here, before any await, so in the order batches were cut.
-                device_segments = [
-                    (job.x, take, int(job.rng.integers(2**63))) for job, _, take in segments
-                ]
-                size = sum(take for _, _, take in segments)
-                started = time.perf_counter()
-                classes = await self.backend.classify_noisy(
-                    self.model, device_segments, self.model.config.sigma
-                )
-            else:
-                loop = asyncio.get_running_loop()
-                size = await loop.run_in_executor(self._noise_thread, self._fill, buffer, segments)
-                started = time.perf_counter()
-                classes = await self.backend.classify(self.model, buffer[:size])
-            self.metrics.backend_latency.labels(name, self.backend.name).observe(
-                time.perf_counter() - started
-            )
+            batch = [Segment(job.x, job.noise, start, take) for job, start, take in segments]
+            classes, backend_seconds = await self.noise.classify(batch)
+            self.metrics.backend_latency.labels(name, self.backend.name).observe(backend_seconds)
             self.metrics.noisy_samples.labels(name).inc(size)
             self.metrics.batch_size.labels(name).observe(size)
             self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
             num_classes = self.model.config.num_classes
-            if len(classes) != size or (size and not 0 <= classes.min() <= classes.max() < num_classes):
+            if len(classes) != size or (
+                size and not 0 <= classes.min() <= classes.max() < num_classes
+            ):
                 raise BadState(
                     f"the backend returned {len(classes)} classes in [{classes.min(initial=0)}, "
                     f"{classes.max(initial=0)}] for {size} samples of a {num_classes}-class model"
@@ -262,4 +215,4 @@ class BatchScheduler:
                 job.finish(exc)
                 self._drop(job)
         finally:
-            self._free.put_nowait(buffer)
+            self.noise.release()

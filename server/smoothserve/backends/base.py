@@ -7,7 +7,7 @@ import numpy as np
 from ..model_config import ModelConfigError, SmoothModelConfig
 from ..repository import ModelStates, ModelVersion
 
-NoisySegment = tuple[np.ndarray, int, int]  # (clean input (C, H, W), count, seed)
+NoisySegment = tuple[np.ndarray, int, int]  # (clean input (C, H, W), count, seed < 2**63)
 
 
 class Backend(ABC):
@@ -31,11 +31,10 @@ class Backend(ABC):
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
         """Class index (int64) of the base network f for each row of ``batch`` (N, C, H, W)."""
 
-    async def classify_noisy(
-        self, model: ModelVersion, segments: list[NoisySegment], sigma: float
-    ) -> np.ndarray:
-        """Class indices of f on ``count`` draws of x + N(0, sigma^2 I) per segment, the noise
-        drawn on the device from ``seed``; concatenated in segment order."""
+    async def classify_noisy(self, model: ModelVersion, segments: list[NoisySegment]) -> np.ndarray:
+        """Class indices of f on ``count`` draws of x + N(0, sigma^2 I) per segment, sigma being
+        ``model.config.sigma``; concatenated in segment order. Each segment's noise is drawn on
+        the device and is a function of its whole seed alone."""
         raise NotImplementedError(f"backend {self.name!r} does not generate noise")
 
     async def ready(self) -> bool:

@@ -3,8 +3,9 @@
 Each version directory holds ``model.pt`` (TorchScript, from ``smoothtrain.torchscript``) next
 to ``model.onnx``; Triton's onnxruntime_onnx platform loads only model.onnx. The noise never
 crosses the host: per segment, x + sigma * randn is built on the device from the seed the
-scheduler drew (a Philox torch.Generator on CUDA; NumPy's PCG64 when the device is the CPU), the
-argmax is taken there and only the class indices come back. torch is imported only when this
+scheduler drew (a Philox torch.Generator on CUDA; on the CPU NumPy's PCG64 from
+``noise.noise_generator``, as torch's CPU generator keeps only 32 bits of a seed), the argmax is
+taken there and only the class indices come back. torch is imported only when this
 backend is chosen.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import repository
+from ..noise import noise_generator
 from ..repository import ModelStates, ModelVersion
 from .base import Backend, NoisySegment, check_logits, first_line
 from .torch_graphs import CudaGraphRunner
@@ -175,10 +177,9 @@ class TorchBackend(Backend):
             inputs = torch.from_numpy(batch).to(self.device, network.dtype)
             return self._argmax(network, inputs, len(batch))
 
-    async def classify_noisy(
-        self, model: ModelVersion, segments: list[NoisySegment], sigma: float
-    ) -> np.ndarray:
+    async def classify_noisy(self, model: ModelVersion, segments: list[NoisySegment]) -> np.ndarray:
         network = self._networks[(model.name, model.version)]
+        sigma = model.config.sigma
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self._classify_noisy, network, segments, sigma
@@ -191,10 +192,10 @@ class TorchBackend(Backend):
         with torch.no_grad():
             if network.graph is not None and total <= network.graph.batch_size:
                 with network.graph.lock:
-                    fill_noisy(network.graph.input[:total], segments, sigma)
+                    draw_noisy_segments(network.graph.input[:total], segments, sigma)
                     return to_numpy(network.graph.run()[:total])
             inputs = torch.empty((total, *network.shape), dtype=network.dtype, device=self.device)
-            fill_noisy(inputs, segments, sigma)
+            draw_noisy_segments(inputs, segments, sigma)
             return self._argmax(network, inputs, total)
 
     @staticmethod
@@ -205,17 +206,19 @@ class TorchBackend(Backend):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def fill_noisy(out: torch.Tensor, segments: list[NoisySegment], sigma: float) -> None:
-    """Rows of ``out`` (on the device) become x + N(0, sigma^2 I), each segment from its seed."""
+def draw_noisy_segments(out: torch.Tensor, segments: list[NoisySegment], sigma: float) -> None:
+    """Rows of ``out`` (on its device) become, segment after segment, ``count`` noisy copies
+    x + sigma * eps of the segment's clean input; eps ~ N(0, I) is a function of the segment's
+    whole seed alone: Philox on CUDA, NumPy's PCG64 (``noise_generator``) on the CPU."""
     offset = 0
     for x, count, seed in segments:
         rows = out[offset : offset + count]
         if out.device.type == "cpu":
-            # torch's CPU generator (MT19937) keeps only the low 32 bits of a seed, so segments
-            # would share streams after ~2^16 of them; NumPy's PCG64 takes the whole seed.
-            np.random.Generator(np.random.PCG64(seed)).standard_normal(
-                out=rows.numpy(), dtype=np.float32
-            )
+            # Not torch's CPU generator (MT19937): it keeps only the low 32 bits of a seed, so
+            # segments would share streams after ~2^16 of them. PCG64 takes the whole seed.
+            # Drawn straight into the tensor's memory (float32: FP16 is CUDA-only); a separate
+            # array and a copy would cost about a tenth more per batch.
+            noise_generator(seed).standard_normal(out=rows.numpy(), dtype=np.float32)
         else:  # Philox, keyed by the whole 64-bit seed
             rows.normal_(0.0, 1.0, generator=torch.Generator(out.device).manual_seed(seed))
         rows *= sigma

@@ -1,0 +1,167 @@
+"""How a batch's noisy samples are made and classified: on the host, or on the backend's device.
+
+The scheduler cuts batches of segments (consecutive samples of one job); a ``NoiseStrategy``,
+chosen once per scheduler, turns a batch into class indices. Either way every sample is
+x + sigma * eps with eps ~ N(0, I) from a PCG64 (or, on a GPU, Philox) generator keyed from
+the request's own generator, and no two samples share noise.
+
+- ``HostNoise``, for backends that take a batch (``classify``): each job gets a
+  ``NoiseStream``, so the noise of sample i depends only on the job's key and i, and a seeded
+  request gets the same counts however it is batched. Batches are filled into host buffers
+  one at a time, in cut order, by one fill thread (each fill's chunks spread over
+  ``noise_threads`` threads), then sent to the backend.
+- ``DeviceNoise``, for backends with ``generates_noise``: per segment, a seed drawn from the
+  job's generator in cut order; the backend builds x + sigma * eps on its device from that
+  seed alone. A seeded request is reproducible when it is cut into the same segments.
+
+At most ``slots`` batches are in flight (the pipeline depth): the scheduler takes a slot
+before cutting a batch and gives it back once the batch's classes are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import numpy as np
+
+from .backends.base import Backend
+from .noise import NoiseStream, fill_noisy_copies
+from .repository import ModelVersion
+
+Source = TypeVar("Source")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment(Generic[Source]):
+    """``count`` consecutive samples of one job, the first being its sample ``start``."""
+
+    x: np.ndarray
+    noise: Source  # the job's noise source, as the strategy's ``source`` made it
+    start: int
+    count: int
+
+
+class Classified(NamedTuple):
+    classes: np.ndarray  # one class index per sample, in segment order
+    backend_seconds: float  # the backend's call alone, without the host fill
+
+
+class NoiseStrategy(ABC, Generic[Source]):
+    """Noise and classification of the batches of one model; ``slots`` batches in flight."""
+
+    def __init__(self, model: ModelVersion, backend: Backend, slots: int) -> None:
+        self.model = model
+        self.backend = backend
+        self._slots = asyncio.Semaphore(slots)
+
+    async def acquire(self) -> None:
+        """Wait for a free slot: one per batch in flight."""
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @abstractmethod
+    def source(self, rng: np.random.Generator) -> Source:
+        """A new job's noise source, keyed from the request's generator."""
+
+    @abstractmethod
+    async def classify(self, segments: list[Segment[Source]]) -> Classified:
+        """Class indices of the batch's noisy samples. Called while holding a slot, in a task
+        per batch started in cut order: whatever it takes from a job's source it takes before
+        its first await, so in cut order."""
+
+    def close(self) -> None:
+        """Stop the strategy's threads; batches still running are abandoned."""
+
+
+class HostNoise(NoiseStrategy[NoiseStream]):
+    """Noise drawn on the host into one buffer per slot, then ``backend.classify``."""
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        backend: Backend,
+        slots: int,
+        batch_size: int,
+        noise_threads: int = 1,
+    ) -> None:
+        super().__init__(model, backend, slots)
+        shape = (batch_size, *model.config.input_shape)
+        self._buffers = [np.empty(shape, np.float32) for _ in range(slots)]
+        # One thread orders the fills; the pool draws each fill's chunks in parallel.
+        self._fill_thread = ThreadPoolExecutor(1, thread_name_prefix=f"fill-{model.name}")
+        self._pool = (
+            ThreadPoolExecutor(noise_threads, thread_name_prefix=f"noise-{model.name}")
+            if noise_threads > 1
+            else None
+        )
+
+    def source(self, rng: np.random.Generator) -> NoiseStream:
+        return NoiseStream(rng, self.model.config.input_shape)
+
+    async def classify(self, segments: list[Segment[NoiseStream]]) -> Classified:
+        buffer = self._buffers.pop()  # the caller holds a slot, so one is free
+        try:
+            # Submitted before the first await: the fill thread fills batches in cut order.
+            fill = asyncio.get_running_loop().run_in_executor(
+                self._fill_thread, self._fill, buffer, segments
+            )
+            size = await fill
+            started = time.perf_counter()
+            classes = await self.backend.classify(self.model, buffer[:size])
+            return Classified(classes, time.perf_counter() - started)
+        finally:
+            self._buffers.append(buffer)
+
+    def _fill(self, buffer: np.ndarray, segments: list[Segment[NoiseStream]]) -> int:
+        sigma = self.model.config.sigma
+        work: list[tuple[np.ndarray, np.ndarray, np.random.Generator]] = []
+        offset = 0
+        for segment in segments:
+            rows = buffer[offset : offset + segment.count]
+            for piece, generator in segment.noise.pieces(rows, segment.start):
+                work.append((piece, segment.x, generator))
+            offset += segment.count
+        if self._pool is None or len(work) == 1:
+            for piece, x, generator in work:
+                fill_noisy_copies(piece, x, sigma, generator)
+        else:
+            list(self._pool.map(lambda w: fill_noisy_copies(w[0], w[1], sigma, w[2]), work))
+        return offset
+
+    def close(self) -> None:
+        self._fill_thread.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DeviceNoise(NoiseStrategy[np.random.Generator]):
+    """Noise drawn by the backend on its device (``classify_noisy``); no host buffers."""
+
+    def source(self, rng: np.random.Generator) -> np.random.Generator:
+        return rng  # each segment's seed is drawn from the request's generator
+
+    async def classify(self, segments: list[Segment[np.random.Generator]]) -> Classified:
+        noisy = [(s.x, s.count, int(s.noise.integers(2**63))) for s in segments]
+        started = time.perf_counter()
+        classes = await self.backend.classify_noisy(self.model, noisy)
+        return Classified(classes, time.perf_counter() - started)
+
+
+def noise_strategy(
+    model: ModelVersion,
+    backend: Backend,
+    batch_size: int,
+    pipeline_depth: int,
+    noise_threads: int = 1,
+) -> NoiseStrategy[Any]:
+    """Device noise when the backend draws it (``generates_noise``), host noise otherwise."""
+    if backend.generates_noise:
+        return DeviceNoise(model, backend, pipeline_depth)
+    return HostNoise(model, backend, pipeline_depth, batch_size, noise_threads)
