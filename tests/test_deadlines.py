@@ -105,7 +105,7 @@ def test_server_enforces_the_deadline_itself(repo):
         await server.start()
         try:
             scheduler = next(iter(server.schedulers.values()))
-            servicer = SmoothServeServicer(server.plane, server.backend.name)
+            servicer = SmoothServeServicer(server.plane)
             context = _Context(remaining=0.4)
             started = time.monotonic()
             with pytest.raises(RuntimeError, match="deadline"):

@@ -144,7 +144,13 @@ def test_broken_files_name_the_file_and_the_reason(tmp_path):
     ):
         models = {m.name: m for m in client.list_models()}
         reasons = {name: m.failure_reason for name, m in models.items() if m.state == "FAILED"}
-        assert set(reasons) == {"truncated", "extra_brace", "wrong_output", "corrupt", "superscript"}
+        assert set(reasons) == {
+            "truncated",
+            "extra_brace",
+            "wrong_output",
+            "corrupt",
+            "superscript",
+        }
         assert "truncated/config.pbtxt" in reasons["truncated"]
         assert "extra_brace/config.pbtxt" in reasons["extra_brace"]
         # protobuf's parser says where: line and column
@@ -281,37 +287,42 @@ def test_operator_policy_on_alpha_and_n(linear_repo):
 
 
 def test_refusals_at_the_door_are_immediate_under_load(linear_repo):
-    """300 concurrent requests against a limit of 64: the refused ones do not wait for the
-    admitted ones to be decoded, sampled or answered."""
-    args = ["--max-concurrent-requests", "64"]
+    """With the server saturated (64 long requests admitted, the limit), further requests are
+    refused at once: they do not wait for the admitted ones' sampling or answers."""
+    args = ["--max-concurrent-requests", "64", "--batch-size", "64",
+            "--max-samples-in-flight", "40000000"]  # fmt: skip
     x = np.full(LINEAR_SHAPE, 0.5, np.float32)
-    request = pb.PredictRequest(
-        model_name="linear",
-        input=pb.Tensor(shape=list(LINEAR_SHAPE), dtype=pb.DTYPE_FLOAT32, data=x.tobytes()),
-        options=pb.PredictOptions(n0=100, n=2000),
+    tensor = pb.Tensor(shape=list(LINEAR_SHAPE), dtype=pb.DTYPE_FLOAT32, data=x.tobytes())
+    long = pb.PredictRequest(
+        model_name="linear", input=tensor, options=pb.PredictOptions(n=300_000)
     )
 
-    async def one(stub) -> tuple[grpc.StatusCode, float]:
-        started = time.perf_counter()
-        try:
-            await stub.Predict(request, timeout=120)
-            code = grpc.StatusCode.OK
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-        return code, time.perf_counter() - started
-
-    async def burst(address: str) -> list[tuple[grpc.StatusCode, float]]:
-        async with grpc.aio.insecure_channel(address) as channel:
+    async def scenario(server) -> list[float]:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.SmoothServeStub(channel)
-            return await asyncio.gather(*(one(stub) for _ in range(300)))
+            load = [asyncio.ensure_future(stub.Predict(long, timeout=120)) for _ in range(64)]
+            waited = time.monotonic() + 30
+            while metric(server.metrics_url, "smoothserve_requests_in_progress") < 64:
+                assert time.monotonic() < waited, "the load was not admitted"
+                await asyncio.sleep(0.05)
+            latencies = []
+            async with grpc.aio.insecure_channel(server.address) as probe:
+                probe_stub = pb_grpc.SmoothServeStub(probe)
+                for _ in range(20):
+                    started = time.perf_counter()
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await probe_stub.Predict(linear_request(), timeout=30)
+                    latencies.append(time.perf_counter() - started)
+                    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not any(f.done() for f in load), "the load ended before the probes"
+            for future in load:
+                future.cancel()
+            return sorted(latencies)
 
     with ServerProcess(linear_repo, args) as server:
-        results = asyncio.run(burst(server.address))
-    refused = sorted(t for code, t in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
-    served = sorted(t for code, t in results if code == grpc.StatusCode.OK)
-    assert len(refused) + len(served) == 300 and refused and served
-    # a refusal costs the server nothing: it comes back well before the median answer
-    assert refused[len(refused) // 2] < served[len(served) // 2] / 4, (refused, served)
+        latencies = asyncio.run(scenario(server))
+    # the probe saw about 1.0 s before the fix; a served request here takes several seconds
+    assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1.0, latencies
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 import numpy as np
 
 from .api.v1 import smoothserve_pb2 as pb
 from .api.v1 import smoothserve_pb2_grpc as pb_grpc
+from .types import MODES, PROCEDURES, ModelInfo, PredictResult
 
-MODES = {"certify": pb.MODE_CERTIFY, "predict": pb.MODE_PREDICT}
+__all__ = ["ModelInfo", "PredictResult", "SmoothServeClient", "SmoothServeError", "encode_tensor"]
+
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -21,96 +21,6 @@ class SmoothServeError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    prediction: int  # -1 when abstaining
-    label: str
-    abstain: bool
-    radius: float
-    p_a_lower: float
-    p_value: float
-    candidate: int
-    counts: tuple[int, ...]
-    selection_counts: tuple[int, ...]
-    mode: str
-    n0: int
-    n: int
-    alpha: float
-    sigma: float
-    model_name: str
-    model_version: str
-    model_sha256: str
-    server_time_seconds: float
-    seed: int | None
-
-    @classmethod
-    def from_proto(cls, r: pb.PredictResponse) -> PredictResult:
-        return cls(
-            prediction=r.prediction,
-            label=r.label,
-            abstain=r.abstain,
-            radius=r.radius,
-            p_a_lower=r.p_a_lower,
-            p_value=r.p_value,
-            candidate=r.candidate,
-            counts=tuple(r.counts),
-            selection_counts=tuple(r.selection_counts),
-            mode="certify" if r.mode == pb.MODE_CERTIFY else "predict",
-            n0=r.n0,
-            n=r.n,
-            alpha=r.alpha,
-            sigma=r.sigma,
-            model_name=r.model_name,
-            model_version=r.model_version,
-            model_sha256=r.model_sha256,
-            server_time_seconds=r.server_time_seconds,
-            seed=r.seed if r.HasField("seed") else None,
-        )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    available_versions: tuple[str, ...]
-    sha256: str
-    sigma: float
-    labels: tuple[str, ...]
-    input_shape: tuple[int, ...]
-    value_range: tuple[float, float]
-    backend: str
-    default_n0: int
-    default_n: int
-    default_alpha: float
-    max_n: int
-    state: str = "READY"
-    failure_reason: str = ""
-    max_alpha: float = 0.5
-    min_n: int = 1
-
-    @classmethod
-    def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
-        return cls(
-            name=m.name,
-            version=m.version,
-            available_versions=tuple(m.available_versions),
-            sha256=m.sha256,
-            sigma=m.sigma,
-            labels=tuple(m.labels),
-            input_shape=tuple(m.input_shape),
-            value_range=(m.value_low, m.value_high),
-            backend=m.backend,
-            default_n0=m.default_n0,
-            default_n=m.default_n,
-            default_alpha=m.default_alpha,
-            max_n=m.max_n,
-            state=m.state or "READY",
-            failure_reason=m.failure_reason,
-            max_alpha=m.max_alpha,
-            min_n=m.min_n,
-        )
 
 
 def encode_tensor(image: np.ndarray) -> pb.Tensor:
@@ -192,14 +102,21 @@ class SmoothServeClient:
         seed: int | None = None,
         model_version: str = "",
         timeout: float | None = None,
+        procedure: str = "fixed_n",
+        target_radius: float | None = None,
+        tolerance: float | None = None,
     ) -> PredictResult:
         """Certify (or, with ``mode="predict"``, predict) one image.
 
         ``image`` is (C, H, W) or (H, W): uint8 pixels, or floats in the model's value range.
-        Unset n0, n and alpha take the server's defaults.
+        Unset n0, n and alpha take the server's defaults. ``procedure`` "target_radius"
+        (with ``target_radius``) or "anytime" (with an optional ``tolerance``, and the call's
+        ``timeout`` as the deadline) certify sequentially, with ``n`` as the most samples.
         """
-        options = pb.PredictOptions(mode=MODES[mode])
-        for name, value in (("n0", n0), ("n", n), ("alpha", alpha), ("seed", seed)):
+        options = pb.PredictOptions(mode=MODES[mode], procedure=PROCEDURES[procedure])
+        values = {"n0": n0, "n": n, "alpha": alpha, "seed": seed,
+                  "target_radius": target_radius, "tolerance": tolerance}  # fmt: skip
+        for name, value in values.items():
             if value is not None:
                 setattr(options, name, value)
         request = pb.PredictRequest(

@@ -16,21 +16,37 @@ from .metrics import Metrics
 
 
 class Ticket:
-    """One admitted request's hold on the budget; ``release`` gives samples back early."""
+    """One admitted request's hold on the budget; ``release`` gives samples back as they are
+    classified. The ticket owns ``smoothserve_samples_abandoned``: what it still holds when
+    closed was admitted and never classified for its request (cancelled, past its deadline or
+    failed)."""
 
-    def __init__(self, admission: Admission, samples: int) -> None:
+    def __init__(self, admission: Admission, samples: int, model: str) -> None:
         self._admission = admission
         self.held = samples
+        self.model = model
+        self.closed = False
 
     def release(self, samples: int) -> None:
         samples = min(samples, self.held)
         self.held -= samples
         self._admission._give_back(samples)
 
+    def finish(self) -> None:
+        """The request is answered: release what it did not need (a sequential procedure that
+        stopped early) without counting it as abandoned, and leave."""
+        self.release(self.held)
+        self.close()
+
     def close(self) -> int:
-        """Release what is left; return it (samples that were admitted but never drawn)."""
+        """Release what is left, count it as abandoned, and leave; return it. Idempotent."""
+        if self.closed:
+            return 0
+        self.closed = True
         left = self.held
         self.release(left)
+        if left:
+            self._admission.metrics.samples_abandoned.labels(self.model).inc(left)
         self._admission._leave()
         return left
 
@@ -47,7 +63,7 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def admit(self, samples: int) -> Ticket:
+    def admit(self, samples: int, model: str) -> Ticket:
         if self.draining:
             self.metrics.rejected.labels("shutting_down").inc()
             raise ShuttingDown("the server is shutting down; retry on another replica")
@@ -66,7 +82,7 @@ class Admission:
         self.requests += 1
         self._idle.clear()
         self.metrics.samples_in_flight.set(self.samples)
-        return Ticket(self, samples)
+        return Ticket(self, samples, model)
 
     def _give_back(self, samples: int) -> None:
         self.samples -= samples

@@ -79,8 +79,9 @@ class Server:
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
         self.plane = plane = DataPlane(
-            models, self.schedulers, c, self.metrics, self.admission, states.failed
-        )
+            models, self.schedulers, c, self.metrics, self.admission, states.failed,
+            self.backend.name,
+        )  # fmt: skip
 
         try:
             tokens = tokens_from_config(c)
@@ -101,7 +102,7 @@ class Server:
             ],
         )
         pb_grpc.add_SmoothServeServicer_to_server(
-            SmoothServeServicer(plane, self.backend.name), self.grpc_server
+            SmoothServeServicer(plane), self.grpc_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(

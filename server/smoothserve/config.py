@@ -62,6 +62,7 @@ class ServerConfig:
     max_n: int = _option(1_000_000, "Largest n a request may ask for.", int)
     min_n: int = _option(1, "Smallest n a request may ask for: a deployment's floor on the evidence behind a certificate.", int)
     max_alpha: float = _option(0.5, "Largest alpha a request may ask for: a deployment's guarantee level (a certificate holds with probability at least 1 - alpha); alpha itself always lies below 0.5.", float)
+    first_look: int = _option(64, "Sequential procedures: estimation samples at the first look (each later look doubles them, up to the request's n).", int)
     max_message_bytes: int = _option(16 * 1024 * 1024, "Largest request message, in bytes.", int)
     max_samples_in_flight: int = _option(4_000_000, "Noisy samples (n0 + n) admitted across all requests at once; a request that would exceed it gets RESOURCE_EXHAUSTED instead of queueing.", int)
     max_concurrent_requests: int = _option(256, "Predict requests served at once; more get RESOURCE_EXHAUSTED.", int)
@@ -147,7 +148,8 @@ class ServerConfig:
 
     def problems(self) -> list[str]:
         found = []
-        for name in ("batch_size", "pipeline_depth", "default_n0", "default_n", "max_n0", "max_n"):
+        for name in ("batch_size", "pipeline_depth", "default_n0", "default_n", "max_n0", "max_n",
+                     "first_look"):  # fmt: skip
             if getattr(self, name) < 1:
                 found.append(f"{name} must be at least 1")
         if not 0 < self.default_alpha < 0.5:

@@ -3,6 +3,7 @@ the scheduler, and applies the statistics. It knows nothing of gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smoothserve_client.types import FAILED, ModelInfo, PredictResult
+
 from . import certify as stats
+from . import sequential
 from .admission import Admission
 from .config import ServerConfig
-from .errors import BadState, InvalidArgument, ModelFailed, NotFound
+from .errors import BadState, DeadlineExceeded, InvalidArgument, ModelFailed, NotFound
 from .metrics import Metrics
 from .noise import noise_generator
 from .repository import ModelVersion, latest
@@ -21,6 +25,11 @@ from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 CERTIFY, PREDICT = "certify", "predict"
+FIXED_N = "fixed_n"
+PROCEDURES = (FIXED_N, sequential.TARGET, sequential.ANYTIME)
+# Anytime certificates stop starting looks this long before the deadline, on top of the time
+# the next look is expected to take (measured from the looks before it).
+ANSWER_MARGIN_S = 0.02
 DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 # Checked before anything else is read from a request, so that no error message, log line or
 # copy grows with what a client sends.
@@ -65,30 +74,35 @@ class PredictInput:
     n: int | None = None
     alpha: float | None = None
     seed: int | None = None
+    procedure: str = FIXED_N
+    target_radius: float | None = None
+    tolerance: float | None = None
+    deadline: float | None = None  # time.monotonic() by which the answer must be sent
 
 
 @dataclass(frozen=True)
-class PredictOutput:
+class Estimate:
+    """What the estimation phase found, whichever procedure drew it."""
+
     prediction: int
-    label: str
-    abstain: bool
+    candidate: int
     radius: float
     p_a_lower: float
     p_value: float
-    candidate: int
     counts: np.ndarray
-    selection_counts: np.ndarray | None
-    mode: str
-    n0: int
-    n: int
-    alpha: float
-    sigma: float
-    model: ModelVersion
-    server_time_seconds: float
-    seed: int | None
+    bound_alpha: float
+    looks: int = 0
+    schedule: tuple[int, ...] = ()
+
+    @property
+    def abstain(self) -> bool:
+        return self.prediction == stats.ABSTAIN
 
 
 class DataPlane:
+    """Everything a transport needs: predictions, model information, metric labels and
+    request metrics, so that a transport never reaches into the config, models or metrics."""
+
     def __init__(
         self,
         models: dict[str, dict[str, ModelVersion]],
@@ -97,8 +111,10 @@ class DataPlane:
         metrics: Metrics,
         admission: Admission | None = None,
         failed: dict[str, str] | None = None,
+        backend_name: str = "",
     ) -> None:
         self.models = models
+        self.backend_name = backend_name
         self.failed = failed or {}  # model name -> why it failed to load
         self.schedulers = schedulers
         self.config = config
@@ -141,58 +157,170 @@ class DataPlane:
             raise NotFound("no model is served")
         return sorted(self.models)[0]
 
-    async def predict(self, request: PredictInput) -> PredictOutput:
+    def model_info(self, name: str, version: str = "") -> ModelInfo:
+        """A served model's information, or a failed one's state and reason."""
+        check_request_bounds(name, version)
+        if name in self.failed:
+            return ModelInfo(name=name, state=FAILED, failure_reason=self.failed[name])
+        model, cfg = self.resolve(name, version), self.config
+        c = model.config
+        return ModelInfo(
+            name=model.name,
+            version=model.version,
+            available_versions=tuple(sorted(self.models[model.name], key=int)),
+            sha256=model.sha256,
+            sigma=c.sigma,
+            labels=c.labels,
+            input_shape=c.input_shape,
+            value_range=c.value_range,
+            backend=self.backend_name,
+            platform=c.platform,
+            max_batch_size=c.max_batch_size,
+            default_n0=cfg.default_n0,
+            default_n=cfg.default_n,
+            default_alpha=cfg.default_alpha,
+            max_n=cfg.max_n,
+            max_alpha=cfg.max_alpha,
+            min_n=cfg.min_n,
+        )
+
+    def list_models(self) -> list[ModelInfo]:
+        return [self.model_info(name) for name in sorted({*self.models, *self.failed})]
+
+    def request_started(self) -> None:
+        self.metrics.in_progress.inc()
+
+    def request_finished(
+        self, model: str, mode: str, outcome: str, seconds: float, radius: float | None = None
+    ) -> None:
+        """Count one Predict request; ``radius`` for a certificate that did not abstain."""
+        self.metrics.in_progress.dec()
+        self.metrics.requests.labels(model, mode, outcome).inc()
+        self.metrics.request_latency.labels(model, mode).observe(seconds)
+        if radius is not None:
+            self.metrics.certified_radius.labels(model).observe(radius)
+
+    async def predict(self, request: PredictInput) -> PredictResult:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         mode, n0, n, alpha = self.sampling_plan(request)
         # Admission first: a refusal costs the server nothing, whatever the input.
-        ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n)
-        estimating = False
+        ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
         try:
             x = decode_input(request, model)
             scheduler = self.schedulers[(model.name, model.version)]
             rng = noise_generator(request.seed)
-            sigma = model.config.sigma
-            if mode == CERTIFY:
-                selection = await scheduler.count(x, n0, rng, ticket.release)
-                check_counts(selection, n0, model)
-                estimating = True
-                estimation = await scheduler.count(x, n, rng, ticket.release)
-                check_counts(estimation, n, model)
-                result = stats.certify(selection, estimation, sigma, alpha)
-                radius, p_a_lower, p_value = result.radius, result.p_a_lower, 0.0
-                if not (math.isfinite(radius) and radius >= 0):
-                    raise BadState(f"{model.name}: radius {radius} is not a finite number >= 0")
+
+            async def draw(num: int) -> np.ndarray:
+                counts = await scheduler.count(x, num, rng, ticket.release)
+                check_counts(counts, num, model)
+                return counts
+
+            selection = await draw(n0) if mode == CERTIFY else None
+            if mode == PREDICT:
+                estimate = predict_estimate(await draw(n), alpha)
+            elif request.procedure == FIXED_N:
+                estimate = certify_estimate(selection, await draw(n), model.config.sigma, alpha)
             else:
-                estimating = True
-                selection, estimation = None, await scheduler.count(x, n, rng, ticket.release)
-                check_counts(estimation, n, model)
-                result = stats.predict(estimation, alpha)
-                radius, p_a_lower, p_value = 0.0, 0.0, result.p_value
+                estimate = await self._certify_sequentially(
+                    request, draw, selection, n, alpha, model
+                )
+            ticket.finish()
         finally:
             ticket.close()
-            if not estimating:  # failed or cancelled before the estimation phase began
-                self.metrics.samples_abandoned.labels(model.name).inc(n)
-        labels = model.config.labels
-        return PredictOutput(
-            prediction=result.prediction,
-            label="" if result.abstain else labels[result.prediction],
-            abstain=result.abstain,
-            radius=radius,
-            p_a_lower=p_a_lower,
-            p_value=p_value,
-            candidate=result.candidate,
-            counts=estimation,
-            selection_counts=selection,
+        if not (math.isfinite(estimate.radius) and estimate.radius >= 0):
+            raise BadState(f"{model.name}: radius {estimate.radius} is not a finite number >= 0")
+        drawn = int(estimate.counts.sum())
+        if mode == CERTIFY:
+            self.metrics.samples_per_certificate.labels(model.name, request.procedure).observe(
+                n0 + drawn
+            )
+        return PredictResult(
+            prediction=estimate.prediction,
+            label="" if estimate.abstain else model.config.labels[estimate.prediction],
+            abstain=estimate.abstain,
+            radius=estimate.radius,
+            p_a_lower=estimate.p_a_lower,
+            p_value=estimate.p_value,
+            candidate=estimate.candidate,
+            counts=tuple(int(c) for c in estimate.counts),
+            selection_counts=() if selection is None else tuple(int(c) for c in selection),
             mode=mode,
             n0=n0 if mode == CERTIFY else 0,
-            n=n,
+            n=drawn,
             alpha=alpha,
-            sigma=sigma,
-            model=model,
+            sigma=model.config.sigma,
+            model_name=model.name,
+            model_version=model.version,
+            model_sha256=model.sha256,
             server_time_seconds=time.perf_counter() - started,
             seed=request.seed,
+            procedure=request.procedure if mode == CERTIFY else FIXED_N,
+            target_radius=request.target_radius or 0.0,
+            bound_alpha=estimate.bound_alpha,
+            looks=estimate.looks,
+            look_schedule=estimate.schedule,
         )
+
+    async def _certify_sequentially(
+        self, request: PredictInput, draw, selection: np.ndarray, cap: int, alpha: float,
+        model: ModelVersion,
+    ) -> Estimate:  # fmt: skip
+        """Estimation samples in looks of the sequential procedures (``sequential.py``): the
+        selection counts pick c_A; each look draws up to the next planned size and applies the
+        procedure's test, stopping as soon as it decides, at the cap, or (anytime) before the
+        deadline."""
+        sigma, candidate = model.config.sigma, int(np.argmax(selection))
+        schedule = sequential.look_schedule(self.config.first_look, cap)
+        counts = np.zeros(model.config.num_classes, np.int64)
+        look, decided, drawn, seconds_per_sample = None, 0, 0, 0.0
+        for k, size in enumerate(schedule, 1):
+            if request.procedure == sequential.ANYTIME and look is not None:
+                expected = (size - drawn) * seconds_per_sample + ANSWER_MARGIN_S
+                if request.deadline is not None and time.monotonic() + expected > request.deadline:
+                    break  # the next look would not be back in time: answer with this one
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout_at(self._look_deadline(request, look)):
+                    counts += await draw(size - drawn)
+            except TimeoutError:
+                break  # an anytime look cut short: the last complete look stands
+            seconds_per_sample = (time.monotonic() - began) / (size - drawn)
+            drawn, decided = size, k
+            if request.procedure == sequential.TARGET:
+                look = sequential.target_radius_look(
+                    int(counts[candidate]), drawn, k, len(schedule), request.target_radius,
+                    sigma, alpha,
+                )  # fmt: skip
+            else:
+                look = sequential.anytime_look(
+                    int(counts[candidate]), drawn, k, sigma, alpha, request.tolerance or 0.0
+                )
+            if look.decision != "continue":
+                break
+        if look is None:
+            raise DeadlineExceeded("the deadline passed before the first look was complete")
+        certified = look.decision != "abstain" and look.radius > 0
+        if request.procedure == sequential.TARGET:
+            certified = look.decision == "certified"
+        return Estimate(
+            prediction=candidate if certified else stats.ABSTAIN,
+            candidate=candidate,
+            radius=look.radius if certified else 0.0,
+            p_a_lower=look.p_a_lower,
+            p_value=0.0,
+            counts=counts,
+            bound_alpha=look.look_alpha,
+            looks=decided,
+            schedule=schedule,
+        )
+
+    def _look_deadline(self, request: PredictInput, look) -> float | None:
+        """Anytime looks after the first end before the answer's margin, in event-loop time."""
+        if request.procedure != sequential.ANYTIME or request.deadline is None or look is None:
+            return None
+        remaining = request.deadline - ANSWER_MARGIN_S - time.monotonic()
+        return asyncio.get_running_loop().time() + remaining
 
     def sampling_plan(self, request: PredictInput) -> tuple[str, int, int, float]:
         """Mode, n0, n and alpha after defaults, each checked against the server's limits."""
@@ -208,11 +336,38 @@ class DataPlane:
             raise InvalidArgument(f"n must lie in [1, {c.max_n}], got {n}")
         if not (math.isfinite(alpha) and 0 < alpha < 0.5):
             raise InvalidArgument(f"alpha must lie in (0, 0.5), got {alpha}")
+        if request.procedure not in PROCEDURES:
+            raise InvalidArgument(f"unknown procedure {request.procedure!r}")
+        if request.procedure != FIXED_N and request.mode != CERTIFY:
+            raise InvalidArgument("sequential procedures certify: use mode CERTIFY")
+        target = request.target_radius
+        if request.procedure == sequential.TARGET and not (
+            target is not None and math.isfinite(target) and target > 0
+        ):
+            raise InvalidArgument(f"the target-radius procedure needs target_radius > 0, got {target}")
+        tolerance = request.tolerance
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+            raise InvalidArgument(f"tolerance must be a finite number >= 0, got {tolerance}")
         if alpha > c.max_alpha:
             raise InvalidArgument(f"this server certifies at alpha <= {c.max_alpha}, got {alpha}")
         if n < c.min_n:
             raise InvalidArgument(f"this server needs n >= {c.min_n}, got {n}")
         return request.mode, n0, n, alpha
+
+
+def certify_estimate(
+    selection: np.ndarray, estimation: np.ndarray, sigma: float, alpha: float
+) -> Estimate:
+    result = stats.certify(selection, estimation, sigma, alpha)
+    return Estimate(
+        result.prediction, result.candidate, result.radius, result.p_a_lower, 0.0, estimation,
+        alpha,
+    )  # fmt: skip
+
+
+def predict_estimate(counts: np.ndarray, alpha: float) -> Estimate:
+    result = stats.predict(counts, alpha)
+    return Estimate(result.prediction, result.candidate, 0.0, 0.0, result.p_value, counts, alpha)
 
 
 def check_counts(counts: np.ndarray, drawn: int, model: ModelVersion) -> None:

@@ -20,6 +20,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+SAMPLE_BUCKETS = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+                  1_000_000)  # fmt: skip
 RADIUS_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 # The /metrics HTTP server. A connection waits without a thread until it sends something, then
@@ -83,6 +85,11 @@ class Metrics:
         self.samples_abandoned = Counter(
             "smoothserve_samples_abandoned", "Admitted noisy samples never drawn because their "
             "request was cancelled, ran past its deadline or failed.", ["model"], registry=r,
+        )  # fmt: skip
+        self.samples_per_certificate = Histogram(
+            "smoothserve_samples_per_certificate", "Noisy samples (n0 + estimation samples "
+            "drawn) per CERTIFY answer, by procedure (fixed_n, target_radius, anytime).",
+            ["model", "procedure"], buckets=SAMPLE_BUCKETS, registry=r,
         )  # fmt: skip
         self.models = Gauge(
             "smoothserve_models", "Model versions by state: ready (served) or failed (to load; "

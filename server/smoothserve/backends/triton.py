@@ -91,18 +91,6 @@ class TritonBackend(Backend):
         self._slots: list[ShmSlot] = []
         self._free_slots: asyncio.Queue[ShmSlot] = asyncio.Queue()
 
-    @classmethod
-    def from_config(cls, config) -> TritonBackend:
-        return cls(
-            config.triton_urls,
-            timeout_s=config.triton_timeout_s,
-            fp16=config.triton_fp16,
-            use_shm=config.triton_shm,
-            model_repo=config.model_repo,
-            batch_size=config.batch_size,
-            batches_in_flight=config.effective_pipeline_depth,
-        )
-
     # --- start-up: discovery ---------------------------------------------------------------
 
     async def start(self) -> ModelStates:

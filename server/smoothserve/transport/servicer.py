@@ -10,15 +10,14 @@ import grpc
 
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
+from smoothserve_client.types import PROCEDURE_NAMES
 
 from ..dataplane import (
     CERTIFY,
     MAX_NAME_CHARS,
-    MAX_VERSION_CHARS,
     PREDICT,
     DataPlane,
     PredictInput,
-    PredictOutput,
     check_request_bounds,
     check_tensor_header,
 )
@@ -32,7 +31,6 @@ from ..errors import (
     SmoothServeError,
     Unavailable,
 )
-from ..repository import ModelVersion
 from ..schema.request_envelope_pb2 import PredictRequestOutline
 
 log = logging.getLogger(__name__)
@@ -71,11 +69,13 @@ PREDICT_METHOD = f"/{pb.DESCRIPTOR.services_by_name['SmoothServe'].full_name}/Pr
 PRECHECKS = {PREDICT_METHOD: check_predict_outline}
 
 
-def to_input(request: pb.PredictRequest) -> PredictInput:
+def to_input(request: pb.PredictRequest, seconds_left: float | None = None) -> PredictInput:
     check_request_bounds(request.model_name, request.model_version, len(request.input.shape))
     options = request.options
     if options.mode not in MODES:
         raise InvalidArgument(f"unknown mode {options.mode}")
+    if options.procedure not in PROCEDURE_NAMES:
+        raise InvalidArgument(f"unknown procedure {options.procedure}")
     return PredictInput(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -87,77 +87,25 @@ def to_input(request: pb.PredictRequest) -> PredictInput:
         n=options.n if options.HasField("n") else None,
         alpha=options.alpha if options.HasField("alpha") else None,
         seed=options.seed if options.HasField("seed") else None,
+        procedure=PROCEDURE_NAMES[options.procedure],
+        target_radius=options.target_radius if options.HasField("target_radius") else None,
+        tolerance=options.tolerance if options.HasField("tolerance") else None,
+        deadline=None if seconds_left is None else time.monotonic() + seconds_left,
     )
-
-
-def to_response(out: PredictOutput) -> pb.PredictResponse:
-    response = pb.PredictResponse(
-        prediction=out.prediction,
-        label=out.label,
-        abstain=out.abstain,
-        radius=out.radius,
-        p_a_lower=out.p_a_lower,
-        p_value=out.p_value,
-        candidate=out.candidate,
-        counts=out.counts.tolist(),
-        selection_counts=[] if out.selection_counts is None else out.selection_counts.tolist(),
-        mode=pb.MODE_CERTIFY if out.mode == CERTIFY else pb.MODE_PREDICT,
-        n0=out.n0,
-        n=out.n,
-        alpha=out.alpha,
-        sigma=out.sigma,
-        model_name=out.model.name,
-        model_version=out.model.version,
-        model_sha256=out.model.sha256,
-        server_time_seconds=out.server_time_seconds,
-    )
-    if out.seed is not None:
-        response.seed = out.seed
-    return response
-
-
-def to_model_info(model: ModelVersion, plane: DataPlane, backend: str) -> pb.ModelInfo:
-    c, cfg = model.config, plane.config
-    return pb.ModelInfo(
-        name=model.name,
-        version=model.version,
-        available_versions=sorted(plane.models[model.name], key=int),
-        sha256=model.sha256,
-        sigma=c.sigma,
-        labels=list(c.labels),
-        input_shape=list(c.input_shape),
-        value_low=c.value_range[0],
-        value_high=c.value_range[1],
-        backend=backend,
-        platform=c.platform,
-        max_batch_size=c.max_batch_size,
-        default_n0=cfg.default_n0,
-        default_n=cfg.default_n,
-        default_alpha=cfg.default_alpha,
-        max_n=cfg.max_n,
-        state="READY",
-        max_alpha=cfg.max_alpha,
-        min_n=cfg.min_n,
-    )
-
-
-def failed_model_info(name: str, reason: str) -> pb.ModelInfo:
-    return pb.ModelInfo(name=name, state="FAILED", failure_reason=reason)
 
 
 class SmoothServeServicer(pb_grpc.SmoothServeServicer):
-    def __init__(self, plane: DataPlane, backend_name: str) -> None:
+    def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.backend_name = backend_name
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext):
-        metrics = self.plane.metrics
         started = time.perf_counter()
         mode = MODES.get(request.options.mode, "unknown")
         model = self.plane.metric_label(request.model_name[:MAX_NAME_CHARS + 1])
         outcome = "error"
         failure: tuple[grpc.StatusCode, str] | None = None
-        metrics.in_progress.inc()
+        radius = None
+        self.plane.request_started()
         try:
             log.debug(
                 "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
@@ -170,12 +118,12 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
             # No task of its own (as wait_for would make): admission runs in this very step,
             # so a refusal never waits for a turn of the event loop.
             async with asyncio.timeout(context.time_remaining()):
-                out = await self.plane.predict(to_input(request))
-            model = out.model.name
+                out = await self.plane.predict(to_input(request, context.time_remaining()))
+            model = out.model_name
             outcome = "abstained" if out.abstain else "certified"
             if mode == CERTIFY and not out.abstain:
-                metrics.certified_radius.labels(model).observe(out.radius)
-            return to_response(out)
+                radius = out.radius
+            return out.to_proto()
         except SmoothServeError as error:
             # refused at the door; a backend that cannot run is an error the alerts must see
             outcome = "rejected" if isinstance(error, (ResourceExhausted, ShuttingDown)) else outcome
@@ -191,26 +139,17 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
             log.exception("Predict failed")
             failure = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
-            metrics.in_progress.dec()
-            metrics.requests.labels(model, mode, outcome).inc()
-            metrics.request_latency.labels(model, mode).observe(time.perf_counter() - started)
+            self.plane.request_finished(model, mode, outcome, time.perf_counter() - started, radius)
         # abort() sends the status at once: count the request first, so a scrape that follows
         # the caller's error always includes it.
         assert failure is not None  # every path that gets here set it
         await context.abort(*failure)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        plane = self.plane
-        ready = [to_model_info(plane.resolve(name), plane, self.backend_name) for name in plane.models]
-        failed = [failed_model_info(name, reason) for name, reason in plane.failed.items()]
-        return pb.ListModelsResponse(models=sorted(ready + failed, key=lambda m: m.name))
+        return pb.ListModelsResponse(models=[m.to_proto() for m in self.plane.list_models()])
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
-        name = request.model_name
-        if name in self.plane.failed and len(request.model_version) <= MAX_VERSION_CHARS:
-            return failed_model_info(name, self.plane.failed[name])
         try:
-            model = self.plane.resolve(name, request.model_version)
+            return self.plane.model_info(request.model_name, request.model_version).to_proto()
         except SmoothServeError as error:
             await context.abort(status_of(error), str(error))
-        return to_model_info(model, self.plane, self.backend_name)

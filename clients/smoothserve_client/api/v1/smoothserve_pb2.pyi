@@ -12,6 +12,12 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_CERTIFY: _ClassVar[Mode]
     MODE_PREDICT: _ClassVar[Mode]
 
+class Procedure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROCEDURE_FIXED_N: _ClassVar[Procedure]
+    PROCEDURE_TARGET_RADIUS: _ClassVar[Procedure]
+    PROCEDURE_ANYTIME: _ClassVar[Procedure]
+
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DTYPE_UNSPECIFIED: _ClassVar[DType]
@@ -19,6 +25,9 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_UINT8: _ClassVar[DType]
 MODE_CERTIFY: Mode
 MODE_PREDICT: Mode
+PROCEDURE_FIXED_N: Procedure
+PROCEDURE_TARGET_RADIUS: Procedure
+PROCEDURE_ANYTIME: Procedure
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_UINT8: DType
@@ -34,18 +43,24 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictOptions(_message.Message):
-    __slots__ = ("mode", "n0", "n", "alpha", "seed")
+    __slots__ = ("mode", "n0", "n", "alpha", "seed", "procedure", "target_radius", "tolerance")
     MODE_FIELD_NUMBER: _ClassVar[int]
     N0_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PROCEDURE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RADIUS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     n0: int
     n: int
     alpha: float
     seed: int
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    procedure: Procedure
+    target_radius: float
+    tolerance: float
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "input", "options")
@@ -60,7 +75,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed")
+    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +95,11 @@ class PredictResponse(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PROCEDURE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RADIUS_FIELD_NUMBER: _ClassVar[int]
+    BOUND_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    LOOKS_FIELD_NUMBER: _ClassVar[int]
+    LOOK_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     label: str
     abstain: bool
@@ -99,7 +119,12 @@ class PredictResponse(_message.Message):
     model_sha256: str
     server_time_seconds: float
     seed: int
-    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    procedure: Procedure
+    target_radius: float
+    bound_alpha: float
+    looks: int
+    look_schedule: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

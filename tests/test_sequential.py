@@ -1,0 +1,263 @@
+"""Sequential certification: the pure functions against independently computed values and
+by simulation at their worst case, then the live server against a model whose p_A is known.
+
+For the linear model f(x) = [w.x + b > 0], P[f(x + noise) = 1] = Phi(d / sigma) with d the
+signed distance of x to the boundary, so the true certified radius is d exactly."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import grpc
+import numpy as np
+import pytest
+from conftest import LINEAR_SIGMA
+from scipy.stats import binom, norm
+from servers import metric
+from test_linear_radius import point_at, true_radius
+
+from smoothserve.certify import lower_confidence_bound
+from smoothserve.sequential import (
+    anytime_alpha,
+    anytime_look,
+    look_schedule,
+    target_radius_look,
+    upper_confidence_bound,
+)
+from smoothserve_client import SmoothServeError
+
+PHI = statistics.NormalDist()
+
+
+# --- pure functions at their edges --------------------------------------------------------
+
+
+def test_look_schedule():
+    assert look_schedule(64, 1000) == (64, 128, 256, 512, 1000)
+    assert look_schedule(64, 1024) == (64, 128, 256, 512, 1024)
+    assert look_schedule(64, 64) == (64,)
+    assert look_schedule(64, 10) == (10,)
+    with pytest.raises(ValueError):
+        look_schedule(0, 10)
+
+
+def test_anytime_alphas_sum_below_alpha():
+    for looks in (1, 2, 10, 1000):
+        total = sum(anytime_alpha(k, 0.01) for k in range(1, looks + 1))
+        assert math.isclose(total, 0.01 * (1 - 1 / (looks + 1)), rel_tol=1e-12)
+
+
+def bisect(f, lo: float = 0.0, hi: float = 1.0) -> float:
+    """The root of a function increasing on [lo, hi], by bisection."""
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize(
+    "k, n, alpha", [(0, 10, 0.05), (3, 10, 0.05), (90, 100, 1e-3), (999, 1000, 1e-6)]
+)
+def test_upper_bound_against_the_binomial_tail(k, n, alpha):
+    """The upper bound p solves P[Bin(n, p) <= k] = alpha (independent of the Beta quantile)."""
+    expected = bisect(lambda p: alpha - binom.cdf(k, n, p))
+    assert math.isclose(upper_confidence_bound(k, n, alpha), expected, rel_tol=1e-9, abs_tol=1e-12)
+    assert upper_confidence_bound(n, n, alpha) == 1.0
+
+
+def test_target_look_closed_form_for_unanimous_votes():
+    """k = n: the lower bound is (alpha / K)^(1/n), so with sigma = 0.5 and r = 0.5 (threshold
+    Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks."""
+    look = target_radius_look(64, 64, 1, 12, 0.5, 0.5, 0.001)
+    assert look.decision == "certified"
+    assert math.isclose(look.p_a_lower, (0.001 / 12) ** (1 / 64), rel_tol=1e-12)
+    assert math.isclose(look.radius, 0.5 * PHI.inv_cdf((0.001 / 12) ** (1 / 64)), rel_tol=1e-9)
+    assert look.look_alpha == 0.001 / 12
+    # 40 unanimous votes would certify at a single look, not at 12: the union bound's price
+    assert target_radius_look(40, 40, 1, 12, 0.5, 0.5, 0.001).decision == "continue"
+    assert target_radius_look(40, 40, 1, 1, 0.5, 0.5, 0.001).decision == "certified"
+
+
+def test_target_look_abstains_early_and_at_the_last_look():
+    assert target_radius_look(40, 64, 1, 12, 0.5, 0.5, 0.001).decision == "abstain"  # hopeless
+    assert target_radius_look(60, 64, 1, 12, 0.5, 0.5, 0.001).decision == "continue"
+    assert target_radius_look(60, 64, 12, 12, 0.5, 0.5, 0.001).decision == "abstain"  # the cap
+
+
+def test_anytime_look_bound_and_stopping():
+    look = anytime_look(900, 1000, 3, 0.25, 0.001)
+    assert look.look_alpha == 0.001 / 12
+    assert look.p_a_lower == lower_confidence_bound(900, 1000, 0.001 / 12)
+    assert math.isclose(look.radius, 0.25 * PHI.inv_cdf(look.p_a_lower), rel_tol=1e-9)
+    assert look.decision == "continue"
+    assert anytime_look(900, 1000, 3, 0.25, 0.001, tolerance=0.05).decision == "certified"
+    assert anytime_look(30, 100, 1, 0.25, 0.001).decision == "abstain"  # upper bound < 1/2
+
+
+# --- validity by simulation, at the worst case ------------------------------------------------
+
+
+def simulate_counts(p: float, schedule: tuple[int, ...], runs: int, seed: int) -> np.ndarray:
+    """Cumulative votes for c_A at each look: (runs, looks)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.diff((0, *schedule))
+    return np.cumsum(rng.binomial(sizes, p, size=(runs, len(sizes))), axis=1)
+
+
+def run_target_test(counts: np.ndarray, schedule, target, sigma, alpha) -> list[str]:
+    """The decision of each simulated run, stopping at its first decisive look."""
+    decisions = []
+    for row in counts:
+        for k, (count, n) in enumerate(zip(row, schedule, strict=True), 1):
+            look = target_radius_look(int(count), n, k, len(schedule), target, sigma, alpha)
+            if look.decision != "continue":
+                decisions.append(look.decision)
+                break
+    return decisions
+
+
+def test_target_radius_false_certificates_stay_within_alpha():
+    """p_A just below Phi(r / sigma): every run that says "certified" is a false certificate."""
+    alpha, sigma, target, runs = 0.05, 0.25, 0.25, 4000
+    schedule = look_schedule(32, 4096)
+    p = norm.cdf(target / sigma) - 1e-4
+    decisions = run_target_test(
+        simulate_counts(p, schedule, runs, 1), schedule, target, sigma, alpha
+    )
+    rate = decisions.count("certified") / runs
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), rate
+    # and it is not a test that never certifies: well above the threshold it almost always does
+    strong = simulate_counts(norm.cdf(2 * target / sigma), schedule, 200, seed=2)
+    decisions = run_target_test(strong, schedule, target, sigma, alpha)
+    assert decisions.count("certified") >= 195
+
+
+@pytest.mark.parametrize("rule", ["largest radius", "budget", "random look", "tolerance"])
+def test_anytime_radius_exceeds_the_truth_within_alpha(rule):
+    """Whatever the stopping rule, even the one that picks the look with the largest radius
+    (which breaks a fixed-n bound recomputed at each look), the reported radius exceeds the
+    true radius sigma * Phi^-1(p_A) in at most an alpha fraction of runs."""
+    alpha, sigma, runs = 0.05, 0.25, 3000
+    schedule = look_schedule(32, 8192)
+    p = 0.9
+    truth = sigma * norm.ppf(p)
+    counts = simulate_counts(p, schedule, runs, seed=3)
+    rng = np.random.default_rng(4)
+    over = 0
+    for row in counts:
+        looks = [anytime_look(int(c), n, k, sigma, alpha, 0.02 if rule == "tolerance" else 0.0)
+                 for k, (c, n) in enumerate(zip(row, schedule, strict=True), 1)]  # fmt: skip
+        if rule == "largest radius":
+            radius = max(look.radius for look in looks)
+        elif rule == "budget":
+            radius = looks[-1].radius
+        elif rule == "random look":
+            radius = looks[rng.integers(len(looks))].radius
+        else:
+            stop = next((i for i, look in enumerate(looks) if look.decision != "continue"), -1)
+            radius = looks[stop].radius
+        over += radius > truth
+    rate = over / runs
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), (rule, rate)
+
+
+def test_a_fixed_n_bound_at_the_best_look_would_not_be_valid():
+    """The reason for the alpha split: recomputing the fixed-n bound at every look and keeping
+    the best exceeds alpha (so the simulation above can tell a valid procedure apart)."""
+    alpha, sigma, runs = 0.05, 0.25, 3000
+    schedule = look_schedule(32, 8192)
+    truth = sigma * norm.ppf(0.9)
+    counts = simulate_counts(0.9, schedule, runs, seed=3)
+    over = sum(
+        max(sigma * norm.ppf(max(lower_confidence_bound(int(c), n, alpha), 0.5))
+            for c, n in zip(row, schedule, strict=True)) > truth
+        for row in counts
+    )  # fmt: skip
+    assert over / runs > alpha * 1.5
+
+
+# --- the live server --------------------------------------------------------------------------
+
+
+def test_live_target_radius_false_certificates_within_alpha(client):
+    """p_A just below Phi(r / sigma) at the true radius d < r = 0.2: "certified at r" must be
+    rare (alpha = 0.05; 150 requests: more than 17 would fail, 2.3 sd above alpha)."""
+    x = point_at(0.19, 1)
+    truth = true_radius(x)
+    target = 0.2
+    assert truth < target
+    certified, samples = 0, []
+    for _ in range(150):
+        r = client.predict("linear", x, n0=32, n=3000, alpha=0.05,
+                           procedure="target_radius", target_radius=target)  # fmt: skip
+        assert r.procedure == "target_radius" and r.target_radius == target
+        assert sum(r.counts) == r.n <= 3000 and r.n in r.look_schedule
+        certified += not r.abstain
+        samples.append(r.n)
+        if not r.abstain:
+            assert r.radius >= target and r.prediction == 1
+    assert certified <= 17, certified
+
+
+def test_live_target_radius_certifies_easy_inputs_with_few_samples(client):
+    x = point_at(0.5, 1)  # true radius 0.5; certify at 0.25 with sigma 0.25
+    r = client.predict("linear", x, n0=64, n=100_000, alpha=0.001,
+                       procedure="target_radius", target_radius=0.25)  # fmt: skip
+    assert not r.abstain and r.radius >= 0.25 and r.radius <= true_radius(x)
+    assert r.n <= 1024, r.n  # a fixed-n certificate would draw 100,000
+    # recomputable from the response alone
+    p = lower_confidence_bound(r.counts[r.candidate], r.n, r.bound_alpha)
+    assert math.isclose(r.p_a_lower, p) and math.isclose(r.radius, LINEAR_SIGMA * PHI.inv_cdf(p))
+    assert math.isclose(r.bound_alpha, 0.001 / len(r.look_schedule))
+
+
+def test_live_anytime_radius_within_truth(client):
+    x = point_at(0.3, -1)
+    truth = true_radius(x)
+    over = 0
+    for i in range(60):
+        options = {"tolerance": 0.01} if i % 2 else {}
+        r = client.predict("linear", x, n0=32, n=20_000, alpha=0.05, procedure="anytime",
+                           **options)  # fmt: skip
+        assert r.procedure == "anytime" and sum(r.counts) == r.n
+        over += r.radius > truth
+    assert over <= 8, over  # alpha = 0.05 of 60 is 3
+
+
+def test_live_anytime_deadline_gives_a_certificate_not_deadline_exceeded(client, server):
+    x = point_at(0.5, 1)
+    started = time.monotonic()
+    r = client.predict("linear", x, n0=64, n=400_000, alpha=0.001, procedure="anytime",
+                       timeout=0.2)  # fmt: skip
+    assert time.monotonic() - started < 0.2
+    assert not r.abstain and 0 < r.radius <= true_radius(x) and r.n < 400_000
+    # the unused budget is released, and not counted as abandoned
+    deadline = time.monotonic() + 5
+    while metric(server.metrics_url, "smoothserve_samples_in_flight") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_live_sequential_requests_are_checked(client):
+    x = point_at(0.5, 1)
+    for options in (
+        {"procedure": "target_radius"},  # no target radius
+        {"procedure": "target_radius", "target_radius": -1.0},
+        {"procedure": "anytime", "tolerance": float("nan")},
+        {"procedure": "anytime", "mode": "predict"},
+    ):
+        with pytest.raises(SmoothServeError) as refused:
+            client.predict("linear", x, n0=10, n=100, **options)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, options
+
+
+def test_live_samples_per_certificate_metric(client, server):
+    x = point_at(0.5, 1)
+    client.predict("linear", x, n0=64, n=100_000, procedure="target_radius", target_radius=0.25)
+    count = metric(server.metrics_url, "smoothserve_samples_per_certificate_count",
+                   procedure="target_radius")  # fmt: skip
+    total = metric(server.metrics_url, "smoothserve_samples_per_certificate_sum",
+                   procedure="target_radius")  # fmt: skip
+    assert count >= 1 and total / count < 100_000
