@@ -261,3 +261,16 @@ def test_live_samples_per_certificate_metric(client, server):
     total = metric(server.metrics_url, "smoothserve_samples_per_certificate_sum",
                    procedure="target_radius")  # fmt: skip
     assert count >= 1 and total / count < 100_000
+
+
+def test_cli_certifies_at_a_target_radius(server, tmp_path, capsys):
+    from smoothserve_client.cli import certify_image_main
+
+    path = tmp_path / "x.npy"
+    np.save(path, point_at(0.5, 1))
+    code = certify_image_main([str(path), "--server", server.address, "--model", "linear",
+                               "--n", "100000", "--procedure", "target_radius",
+                               "--target-radius", "0.25"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert '"procedure": "target_radius"' in printed and '"abstain": false' in printed

@@ -31,6 +31,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="noise seed, for reproducible audits only")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--token", help="bearer token, if the server requires one")
+    parser.add_argument(
+        "--procedure", choices=("fixed_n", "target_radius", "anytime"), default="fixed_n",
+        help="fixed_n: exactly n estimation samples; target_radius: is the input certified at "
+        "--target-radius (n is the cap); anytime: the best radius within --timeout (the "
+        "deadline) and n samples",
+    )  # fmt: skip
+    parser.add_argument("--target-radius", type=float, help="radius for --procedure target_radius")
+    parser.add_argument("--tolerance", type=float, help="anytime: stop when a look gains less")
+
+
+def sequential_options(args: argparse.Namespace) -> dict:
+    return {"procedure": args.procedure, "target_radius": args.target_radius,
+            "tolerance": args.tolerance}  # fmt: skip
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -58,7 +71,7 @@ def certify_image_main(argv: list[str] | None = None) -> int:
                 image = load_image(args.image, channels=info.input_shape[0])
             result = client.predict(
                 info.name, image, mode=args.mode, n0=args.n0, n=args.n, alpha=args.alpha,
-                seed=args.seed,
+                seed=args.seed, **sequential_options(args),
             )  # fmt: skip
         except SmoothServeError as error:
             return _fail(str(error), code=1)
@@ -106,7 +119,7 @@ def certify_dataset_main(argv: list[str] | None = None) -> int:
             info = client.model_info(args.model)
             rows = certify_dataset(
                 client, info.name, dataset, indices, args.n0, args.n, args.alpha,
-                concurrency=args.concurrency, seed=args.seed,
+                concurrency=args.concurrency, seed=args.seed, options=sequential_options(args),
             )  # fmt: skip
         except SmoothServeError as error:
             return _fail(str(error), code=1)

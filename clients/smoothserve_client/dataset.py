@@ -26,15 +26,17 @@ def certify_dataset(
     concurrency: int = 4,
     progress: bool = True,
     seed: int | None = None,
+    options: dict | None = None,
 ) -> list[Row]:
     """One Cohen-format row per index, in order. Requests run ``concurrency`` at a time so the
-    server can pack their samples into shared batches. With ``seed``, image i uses seed + i."""
+    server can pack their samples into shared batches. With ``seed``, image i uses seed + i.
+    ``options`` go to ``SmoothServeClient.predict`` (procedure, target_radius, tolerance)."""
 
     def one(idx: int) -> Row:
         started = time.perf_counter()
         result = client.predict(
             model_name, dataset.images[idx], n0=n0, n=n, alpha=alpha,
-            seed=None if seed is None else seed + int(idx),
+            seed=None if seed is None else seed + int(idx), **(options or {}),
         )  # fmt: skip
         label = int(dataset.labels[idx])
         return Row(
