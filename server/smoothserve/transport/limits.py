@@ -23,11 +23,11 @@ Check = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
-def _kind(handler: grpc.RpcMethodHandler) -> str:
+def kind_of(handler: grpc.RpcMethodHandler) -> str:
     return next(k for k in KINDS if getattr(handler, k) is not None)
 
 
-def _before(behavior, first: Callable):
+def before(behavior, first: Callable):
     """``behavior`` with its input replaced by ``await first(input, context)``; keeps the kind
     of callable (coroutine or async generator) grpc.aio dispatches on."""
     if inspect.isasyncgenfunction(behavior):
@@ -69,9 +69,9 @@ def guarded(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMethodHandl
             await check(context)
             return parse(request)
 
-    kind = _kind(handler)
+    kind = kind_of(handler)
     return handler._replace(
-        request_deserializer=None, **{kind: _before(getattr(handler, kind), first)}
+        request_deserializer=None, **{kind: before(getattr(handler, kind), first)}
     )
 
 
@@ -125,7 +125,7 @@ class HealthWatchLimit(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method != WATCH_METHOD:
             return handler
-        kind = _kind(handler)
+        kind = kind_of(handler)
         behavior = _holding(getattr(handler, kind), self._slots, TOO_MANY_WATCHES)
         return handler._replace(**{kind: behavior})
 

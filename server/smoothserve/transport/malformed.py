@@ -9,12 +9,12 @@ InvalidArgument what would be costly to build (a shape of millions of dimensions
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from ..errors import InvalidArgument
+from .limits import before, kind_of
 
 DETAILS = "the request is not a valid protobuf message for {method}"
 Precheck = Callable[[bytes], None]
@@ -44,23 +44,6 @@ def _safe(
             return _Refused()
 
     return parse
-
-
-def _wrap(behavior, first: Callable):
-    """``behavior`` with ``first(request_or_iterator, context)`` applied to its input; keeps
-    the kind of callable (coroutine or async generator) grpc.aio dispatches on."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def stream(request, context: grpc.aio.ServicerContext):
-            async for response in behavior(await first(request, context), context):
-                yield response
-
-        return stream
-
-    async def call(request, context: grpc.aio.ServicerContext):
-        return await behavior(await first(request, context), context)
-
-    return call
 
 
 def _check_one(details: str):
@@ -95,13 +78,10 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             return None
         details = DETAILS.format(method=handler_call_details.method)
         check = _check_each(details) if handler.request_streaming else _check_one(details)
-        kind = next(
-            k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-            if getattr(handler, k) is not None
-        )  # fmt: skip
+        kind = kind_of(handler)
         return handler._replace(
             request_deserializer=_safe(
                 handler.request_deserializer, self.prechecks.get(handler_call_details.method)
             ),
-            **{kind: _wrap(getattr(handler, kind), check)},
+            **{kind: before(getattr(handler, kind), check)},
         )
