@@ -1,13 +1,13 @@
 """Evaluation: certification through the real gRPC server, and the empirical SmoothAdv attack.
 
-Certified accuracy comes from the server (CERTIFY in ``smoothserve.certify``, reached through
-``smoothserve_client``); the empirical robust accuracy is the SmoothAdv PGD attack on the
-smoothed soft classifier, in torch, followed by PREDICT on the adversarial input.
+Certified accuracy comes from the server (CERTIFY, reached through ``smoothserve_client``);
+the empirical robust accuracy is the SmoothAdv PGD attack on the smoothed soft classifier, in
+torch, followed by the server's PREDICT on the adversarial input: the project has one
+sampling path, the server's.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from smoothserve.certify import predict
+from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import Dataset
 from smoothserve_client.results import Row
 
@@ -45,11 +45,7 @@ def certify_models(
     from smoothserve_dev.testing import ServerProcess
 
     results: dict[str, tuple[list[Row], float]] = {}
-    root = Path(__file__).resolve().parents[2]
-    paths = [str(root / "server"), str(root / "clients"), os.environ.get("PYTHONPATH", "")]
-    env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    server = ServerProcess(model_repo=Path(model_repo), args=list(server_args), env=env)
-    with server:
+    with ServerProcess(model_repo=Path(model_repo), args=list(server_args)) as server:
         client = SmoothServeClient(server.address)
         try:
             for name in names:
@@ -66,29 +62,14 @@ def certify_models(
     return results
 
 
-@torch.no_grad()
-def smoothed_counts(
-    model: nn.Module, x: torch.Tensor, sigma: float, n: int, num_classes: int, batch: int = 2000
-) -> np.ndarray:
-    """Votes of f(x + N(0, sigma^2 I)) over n draws, for each input of x (B, C, H, W)."""
-    counts = np.zeros((len(x), num_classes), dtype=np.int64)
-    for i, image in enumerate(x):
-        remaining = n
-        while remaining > 0:
-            size = min(batch, remaining)
-            noisy = image.unsqueeze(0) + sigma * torch.randn(size, *image.shape)
-            votes = model(noisy).argmax(1).numpy()
-            counts[i] += np.bincount(votes, minlength=num_classes)
-            remaining -= size
-    return counts
-
-
 def empirical_robust_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     sigma: float,
     epsilons: Iterable[float],
+    client: SmoothServeClient,
+    model_name: str,
     steps: int = 20,
     m: int = 16,
     n: int = 1000,
@@ -96,23 +77,23 @@ def empirical_robust_accuracy(
     batch: int = 100,
     progress: bool = True,
 ) -> dict[float, float]:
-    """Fraction of inputs on which PREDICT (n samples, alpha) still returns the true label
-    after the SmoothAdv PGD attack (``steps`` steps, m fresh noise draws per step) at each
-    epsilon; an abstention counts as an error, as in Salman et al.'s empirical figures."""
+    """Fraction of inputs on which the server's PREDICT (n samples, alpha) on ``model_name``
+    still returns the true label after the SmoothAdv PGD attack on ``model`` (its torch twin:
+    ``steps`` steps, m fresh noise draws per step) at each epsilon; an abstention counts as
+    an error, as in Salman et al.'s empirical figures."""
     model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    num_classes = int(model(x[:1]).shape[1])
     accuracy = {}
     for eps in epsilons:
         correct = 0
         starts = range(0, len(y), batch)
         for start in tqdm(starts, desc=f"attack eps={eps}", disable=not progress, leave=False):
             xb, yb = x[start : start + batch], y[start : start + batch]
-            adv = pgd_l2(model, xb, yb, eps, steps, sigma=sigma, m=m)
-            counts = smoothed_counts(model, adv, sigma, n, num_classes)
-            for row, label in zip(counts, yb.tolist(), strict=True):
-                correct += int(predict(row, alpha).prediction == label)
+            adv = pgd_l2(model, xb, yb, eps, steps, sigma=sigma, m=m).clamp(0, 1)
+            for image, label in zip(adv.numpy(), yb.tolist(), strict=True):
+                answer = client.predict(model_name, image, mode="predict", n=n, alpha=alpha)
+                correct += int(answer.prediction == label)
         accuracy[float(eps)] = correct / max(1, len(y))
     return accuracy
 

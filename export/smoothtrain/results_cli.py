@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import load_dataset
 from smoothserve_client.results import (
     DEFAULT_RADII,
@@ -20,6 +21,7 @@ from smoothserve_client.results import (
     read_tsv,
     write_tsv,
 )
+from smoothserve_dev.testing import ServerProcess
 
 from .card import set_results
 from .checkpoint import load_model
@@ -111,29 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     models = {name: load_model(args.checkpoint_dir / f"{name}.pt") for name in args.models}
     empirical: dict[str, dict[float, float]] = {}
     if args.empirical_limit:
-        subset = test_set.subset(np.arange(min(args.empirical_limit, len(test_set))))
-        x, y = to_tensors(subset)
-        attack = {
-            "images": len(y), "steps": args.empirical_steps, "m": args.empirical_m,
-            "n": args.empirical_n, "alpha": args.alpha, "epsilons": list(args.epsilons),
-        }  # fmt: skip
-        for name, (model, cfg, _) in models.items():
-            cache = tsv[name].with_name("empirical.json")
-            if args.reuse_tsv and cache.exists():
-                saved = json.loads(cache.read_text())
-                if saved["settings"] == attack:
-                    empirical[name] = {float(e): a for e, a in saved["accuracy"].items()}
-                    continue
-            began = time.time()
-            empirical[name] = empirical_robust_accuracy(
-                model, x, y, cfg.sigma, args.epsilons, args.empirical_steps, args.empirical_m,
-                args.empirical_n, args.alpha, progress=not args.no_progress,
-            )  # fmt: skip
-            seconds = time.time() - began
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(
-                {"settings": attack, "accuracy": empirical[name], "seconds": seconds}))  # fmt: skip
-            print(f"{name}: empirical {empirical[name]} in {seconds:.0f}s", flush=True)
+        with (
+            ServerProcess(args.model_repo, list(args.server_arg)) as server,
+            SmoothServeClient(server.address, timeout=600) as client,
+        ):
+            empirical = empirical_results(args, test_set, models, tsv, client)
     if args.empirical_only:
         return
     curves = {name: curves[name] for name in args.models}
@@ -211,7 +195,8 @@ def _document(args, argv, curves, models, empirical, throughput, timing, setting
                 f"The SmoothAdv PGD attack on the smoothed soft classifier ({args.empirical_steps} "
                 f"steps, {args.empirical_m} fresh noise draws per step) at L2 radius eps, on the "
                 f"first {args.empirical_limit} test images, then PREDICT (n={args.empirical_n}, "
-                f"alpha={args.alpha}) on the adversarial image; abstentions count as errors. "
+                f"alpha={args.alpha}) through the server on the adversarial image; abstentions "
+                "count as errors. "
                 "This is an upper bound on robust accuracy, the certified one a lower bound."
             ),
             "",
@@ -300,3 +285,33 @@ graphs (normalisation inside, dynamic batch axis) pass `onnx.checker` and match 
 GPU_NOTE = """No GPU machine was lent to this task, so everything above ran on 2 CPU cores, and
 there are no ResNet-110 (CIFAR-10) or ResNet-50 (ImageNet) figures: the training code supports
 them (`--arch resnet110`, `--arch resnet50`), but training them on a CPU is out of budget."""
+
+
+def empirical_results(args, test_set, models, tsv, client) -> dict[str, dict[float, float]]:
+    """The empirical attack on each model, PREDICT through the server; cached per model."""
+    empirical: dict[str, dict[float, float]] = {}
+    subset = test_set.subset(np.arange(min(args.empirical_limit, len(test_set))))
+    x, y = to_tensors(subset)
+    attack = {
+        "images": len(y), "steps": args.empirical_steps, "m": args.empirical_m,
+        "n": args.empirical_n, "alpha": args.alpha, "epsilons": list(args.epsilons),
+        "predict": "server",
+    }  # fmt: skip
+    for name, (model, cfg, _) in models.items():
+        cache = tsv[name].with_name("empirical.json")
+        if args.reuse_tsv and cache.exists():
+            saved = json.loads(cache.read_text())
+            if saved["settings"] == attack:
+                empirical[name] = {float(e): a for e, a in saved["accuracy"].items()}
+                continue
+        began = time.time()
+        empirical[name] = empirical_robust_accuracy(
+            model, x, y, cfg.sigma, args.epsilons, client, name, args.empirical_steps,
+            args.empirical_m, args.empirical_n, args.alpha, progress=not args.no_progress,
+        )  # fmt: skip
+        seconds = time.time() - began
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(
+            {"settings": attack, "accuracy": empirical[name], "seconds": seconds}))  # fmt: skip
+        print(f"{name}: empirical {empirical[name]} in {seconds:.0f}s", flush=True)
+    return empirical
