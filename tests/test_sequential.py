@@ -274,3 +274,19 @@ def test_cli_certifies_at_a_target_radius(server, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert '"procedure": "target_radius"' in printed and '"abstain": false' in printed
+
+
+def test_live_target_radius_deadline_and_cancellation_release_the_budget(client, server):
+    """A borderline input runs a target-radius request to its cap: a short deadline stops it
+    with DEADLINE_EXCEEDED, its samples are counted as abandoned and the gauge returns to 0."""
+    x = point_at(0.2, 1)
+    abandoned = metric(server.metrics_url, "smoothserve_samples_abandoned_total")
+    with pytest.raises(SmoothServeError) as late:
+        client.predict("linear", x, n0=32, n=400_000, alpha=0.001, procedure="target_radius",
+                       target_radius=0.2, timeout=0.3)  # fmt: skip
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while metric(server.metrics_url, "smoothserve_samples_in_flight") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(server.metrics_url, "smoothserve_samples_abandoned_total") > abandoned
