@@ -29,7 +29,7 @@ PATHS = [("fp32 grpc", False, False), ("fp32 shm", False, True), ("fp16 grpc", T
 
 async def throughput(url: str, fp16: bool, shm: bool, args: argparse.Namespace) -> float:
     backend = TritonBackend(
-        [url], fp16=fp16, use_shm=shm, batch_size=args.batch_size, batches_in_flight=args.in_flight
+        [url], fp16=fp16, use_shm=shm, batch_size=args.batch_size, max_concurrent_batches=args.in_flight
     )
     model = (await backend.start()).ready["bench"]["1"]
     rng = np.random.default_rng(0)

@@ -76,14 +76,14 @@ class TritonBackend(Backend):
         use_shm: bool = False,
         model_repo: Path | None = None,
         batch_size: int = 256,
-        batches_in_flight: int = 2,
+        max_concurrent_batches: int = 2,
     ) -> None:
         self.timeout_s = timeout_s
         self.fp16 = fp16
         self.use_shm = use_shm
         self.model_repo = model_repo
         self.batch_size = batch_size
-        self.batches_in_flight = batches_in_flight
+        self.max_concurrent_batches = max_concurrent_batches
         self.pool = EndpointPool(
             urls, probe_timeout_s=min(2.0, timeout_s), on_connect=self._on_connect
         )
@@ -247,7 +247,7 @@ class TritonBackend(Backend):
             for m in versions
         )
         prefix = f"smoothserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        for i in range(self.batches_in_flight * len(versions)):
+        for i in range(self.max_concurrent_batches * len(versions)):
             name = f"{prefix}-{i}"
             memory = shared_memory.SharedMemory(name, create=True, size=byte_size)
             slot = ShmSlot(name, memory, byte_size)
