@@ -127,7 +127,10 @@ class Server:
             ", ".join(sorted(models)), c.host, self.port, self.backend.name, self.metrics_port,
         )
         if c.ready_file:
-            c.ready_file.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
+            # Written whole, then renamed: a watcher never reads a half-written file.
+            partial = c.ready_file.with_name(c.ready_file.name + ".partial")
+            partial.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
+            partial.replace(c.ready_file)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING and new Predict calls UNAVAILABLE while admitted ones
