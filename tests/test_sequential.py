@@ -26,7 +26,8 @@ from smoothserve.sequential import (
     target_radius_look,
     upper_confidence_bound,
 )
-from smoothserve_client import SmoothServeError
+from smoothserve_client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
 
 PHI = statistics.NormalDist()
 
@@ -281,12 +282,21 @@ def test_cli_certifies_at_a_target_radius(server, tmp_path, capsys):
     assert '"procedure": "target_radius"' in printed and '"abstain": false' in printed
 
 
-def test_live_target_radius_deadline_and_cancellation_release_the_budget(client, server):
+@pytest.fixture(scope="module")
+def small_batch_server(linear_repo):
+    """Batches of 64: a request to the 400,000-sample cap takes seconds on any CPU (3.5 s on
+    the 2-core dev machine), where batches of 1,024 finished inside a 0.3 s deadline on CI."""
+    with ServerProcess(linear_repo, args=["--batch-size", "64", "--max-n", "400000"]) as srv:
+        yield srv
+
+
+def test_live_target_radius_deadline_and_cancellation_release_the_budget(small_batch_server):
     """A borderline input runs a target-radius request to its cap: a short deadline stops it
     with DEADLINE_EXCEEDED, its samples are counted as abandoned and the gauge returns to 0."""
+    server = small_batch_server
     x = point_at(0.2, 1)
     abandoned = metric(server.metrics_url, "smoothserve_samples_abandoned_total")
-    with pytest.raises(SmoothServeError) as late:
+    with SmoothServeClient(server.address) as client, pytest.raises(SmoothServeError) as late:
         client.predict("linear", x, n0=32, n=400_000, alpha=0.001, procedure="target_radius",
                        target_radius=0.2, timeout=0.3)  # fmt: skip
     assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
