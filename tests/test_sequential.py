@@ -232,11 +232,13 @@ def test_live_anytime_radius_within_truth(client):
     assert over <= 10, over  # alpha = 0.05 of 90 is 4.5
 
 
-def test_live_anytime_deadline_gives_a_certificate_not_deadline_exceeded(client, server):
+def test_live_anytime_deadline_gives_a_certificate_not_deadline_exceeded(small_batch_server):
+    server = small_batch_server
     x = point_at(0.5, 1)
     started = time.monotonic()
-    r = client.predict("linear", x, n0=64, n=400_000, alpha=0.001, procedure="anytime",
-                       timeout=0.2)  # fmt: skip
+    with SmoothServeClient(server.address) as client:
+        r = client.predict("linear", x, n0=64, n=400_000, alpha=0.001, procedure="anytime",
+                           timeout=0.2)  # fmt: skip
     assert time.monotonic() - started < 0.2
     assert not r.abstain and 0 < r.radius <= true_radius(x) and r.n < 400_000
     # the unused budget is released, and not counted as abandoned
