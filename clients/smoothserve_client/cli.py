@@ -58,6 +58,8 @@ def certify_image_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("image", type=Path)
     parser.add_argument("--mode", choices=("certify", "predict"), default="certify")
+    parser.add_argument("--save-record", type=Path,
+                        help="save the signed certificate record here, for smoothserve-verify")  # fmt: skip
     _common(parser)
     args = parser.parse_args(argv)
     try:  # before connecting, so that a bad file fails at once and says so
@@ -75,7 +77,10 @@ def certify_image_main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         except SmoothServeError as error:
             return _fail(str(error), code=1)
-    print(json.dumps(result.__dict__, indent=2))
+    if args.save_record:
+        result.save_record(args.save_record)
+    shown = {k: v for k, v in result.__dict__.items() if k not in ("record", "record_signature")}
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -100,6 +105,8 @@ def _dataset_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("certify.tsv"), help="TSV to write")
     parser.add_argument("--plot", type=Path, help="PNG plot (default: next to the TSV)")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    parser.add_argument("--records-dir", type=Path,
+                        help="save each image's signed certificate record here (<index>.json)")  # fmt: skip
     _common(parser)
     return parser
 
@@ -120,6 +127,7 @@ def certify_dataset_main(argv: list[str] | None = None) -> int:
             rows = certify_dataset(
                 client, info.name, dataset, indices, args.n0, args.n, args.alpha,
                 concurrency=args.concurrency, seed=args.seed, options=sequential_options(args),
+                records_dir=args.records_dir,
             )  # fmt: skip
         except SmoothServeError as error:
             return _fail(str(error), code=1)

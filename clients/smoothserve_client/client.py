@@ -7,7 +7,7 @@ import numpy as np
 
 from .api.v1 import smoothserve_pb2 as pb
 from .api.v1 import smoothserve_pb2_grpc as pb_grpc
-from .types import MODES, PROCEDURES, ModelInfo, PredictResult
+from .types import MODES, PROCEDURES, ModelInfo, PredictResult, SigningKey
 
 __all__ = ["ModelInfo", "PredictResult", "SmoothServeClient", "SmoothServeError", "encode_tensor"]
 
@@ -126,6 +126,12 @@ class SmoothServeClient:
             options=options,
         )
         return PredictResult.from_proto(self._call(self._stub.Predict, request, timeout))
+
+    def signing_key(self, timeout: float | None = None) -> SigningKey:
+        """The public key that signs this server's certificate records."""
+        return SigningKey.from_proto(
+            self._call(self._stub.GetSigningKey, pb.GetSigningKeyRequest(), timeout)
+        )
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

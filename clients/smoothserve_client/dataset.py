@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TextIO, TypeVar
 
 from .client import SmoothServeClient
@@ -27,10 +28,15 @@ def certify_dataset(
     progress: bool = True,
     seed: int | None = None,
     options: dict | None = None,
+    records_dir: Path | None = None,
 ) -> list[Row]:
     """One Cohen-format row per index, in order. Requests run ``concurrency`` at a time so the
     server can pack their samples into shared batches. With ``seed``, image i uses seed + i.
-    ``options`` go to ``SmoothServeClient.predict`` (procedure, target_radius, tolerance)."""
+    ``options`` go to ``SmoothServeClient.predict`` (procedure, target_radius, tolerance).
+    With ``records_dir``, each image's signed certificate record is saved there as
+    ``<index>.json``, for ``smoothserve-verify``."""
+    if records_dir is not None:
+        records_dir.mkdir(parents=True, exist_ok=True)
 
     def one(idx: int) -> Row:
         started = time.perf_counter()
@@ -39,6 +45,8 @@ def certify_dataset(
             seed=None if seed is None else seed + int(idx), **(options or {}),
         )  # fmt: skip
         label = int(dataset.labels[idx])
+        if records_dir is not None:
+            result.save_record(records_dir / f"{int(idx)}.json")
         return Row(
             idx=int(idx),
             label=label,

@@ -7,7 +7,10 @@ client calls ``from_proto``. A new field means one edit here and one in ``smooth
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from .api.v1 import smoothserve_pb2 as pb
 
@@ -20,6 +23,7 @@ PROCEDURES = {
 }
 PROCEDURE_NAMES = {value: name for name, value in PROCEDURES.items()}
 READY, FAILED = "READY", "FAILED"
+SIGNED_RECORD_FORMAT = "smoothserve.signed-record.v1"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class PredictResult:
     bound_alpha: float = 0.0  # the level of the bound behind p_a_lower (see the proto)
     looks: int = 0
     look_schedule: tuple[int, ...] = ()
+    tolerance: float = 0.0
+    record: bytes = b""  # the certificate record, canonical JSON (docs/api.md)
+    record_signature: bytes = b""  # its Ed25519 signature
+
+    def save_record(self, path: str | Path) -> None:
+        """Write the signed certificate record to ``path`` for ``smoothserve-verify``."""
+        if not self.record:
+            raise ValueError("this result carries no certificate record")
+        Path(path).write_text(signed_record_json(self.record, self.record_signature))
 
     def to_proto(self) -> pb.PredictResponse:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -110,3 +123,44 @@ class ModelInfo:
             state=message.state or READY,
         )
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The public key that signs the server's certificate records."""
+
+    algorithm: str
+    key_id: str
+    public_key_pem: str
+    persistent: bool
+
+    @classmethod
+    def from_proto(cls, message: pb.SigningKey) -> SigningKey:
+        return cls(**{f.name: getattr(message, f.name) for f in fields(cls)})
+
+    def to_proto(self) -> pb.SigningKey:
+        return pb.SigningKey(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def signed_record_json(record: bytes, signature: bytes) -> str:
+    """The file form of a signed record: the record's exact text (the bytes that were signed)
+    and the signature in base64, in a small JSON envelope."""
+    envelope = {
+        "format": SIGNED_RECORD_FORMAT,
+        "record": record.decode("ascii"),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+    return json.dumps(envelope, indent=1) + "\n"
+
+
+def read_signed_record(text: str) -> tuple[bytes, bytes]:
+    """(record bytes, signature) from ``signed_record_json``'s form; ValueError if malformed."""
+    try:
+        envelope = json.loads(text)
+        if envelope.get("format") != SIGNED_RECORD_FORMAT:
+            raise ValueError(f"not a {SIGNED_RECORD_FORMAT} file")
+        return envelope["record"].encode("ascii"), base64.b64decode(envelope["signature"], validate=True)
+    except (KeyError, TypeError, AttributeError, UnicodeEncodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a signed record: {exc}") from exc
+    except base64.binascii.Error as exc:
+        raise ValueError(f"the signature is not base64: {exc}") from exc

@@ -13,7 +13,11 @@ from pathlib import Path
 
 
 class ServerProcess:
-    """``with ServerProcess(model_repo=...) as server: server.address`` -> "127.0.0.1:PORT"."""
+    """``with ServerProcess(model_repo=...) as server: server.address`` -> "127.0.0.1:PORT".
+
+    The harness starts the server with ``--allow-client-seeds true``, since tests replay seeded
+    requests; ``args`` come after it, so ``--allow-client-seeds false`` restores the default.
+    """
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class ServerProcess:
             "--host", "127.0.0.1", "--port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             "--ready-file", str(ready),
+            "--allow-client-seeds", "true",
             *self.args,
         ]  # fmt: skip
         env = {**os.environ, **(self.env or {})}

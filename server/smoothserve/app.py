@@ -23,6 +23,7 @@ from .config import ServerConfig
 from .dataplane import DataPlane
 from .errors import ShuttingDown, SmoothServeError
 from .metrics import Metrics
+from .records import Signer
 from .scheduler import BatchScheduler
 from .transport.auth import BearerTokenInterceptor, server_credentials, tokens_from_config
 from .transport.limits import MAX_HEALTH_WATCHES, HealthWatchLimit
@@ -78,9 +79,13 @@ class Server:
                 )  # fmt: skip
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
+        try:
+            signer = Signer.from_settings(c.signing_key, c.signing_key_pem)
+        except ValueError as exc:
+            raise SystemExit(f"cannot start: {exc}") from None
         self.plane = plane = DataPlane(
             models, self.schedulers, c, self.metrics, self.admission, states.failed,
-            self.backend.name,
+            self.backend.name, signer,
         )  # fmt: skip
 
         try:

@@ -4,28 +4,37 @@ the scheduler, and applies the statistics. It knows nothing of gRPC."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from smoothserve_client.types import FAILED, ModelInfo, PredictResult
+from smoothserve_client.types import FAILED, ModelInfo, PredictResult, SigningKey
 
 from . import certify as stats
 from . import sequential
 from .admission import Admission
 from .config import ServerConfig
-from .errors import BadState, DeadlineExceeded, InvalidArgument, ModelFailed, NotFound
+from .errors import (
+    BadState,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelFailed,
+    NotFound,
+)
 from .metrics import Metrics
 from .noise import noise_generator
+from .records import Signer, certificate_record
 from .repository import ModelVersion, latest
 from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 CERTIFY, PREDICT = "certify", "predict"
-FIXED_N = "fixed_n"
+FIXED_N = sequential.FIXED_N
 PROCEDURES = (FIXED_N, sequential.TARGET, sequential.ANYTIME)
 # Anytime certificates stop starting looks this long before the deadline, on top of the time
 # the next look is expected to take (measured from the looks before it).
@@ -112,6 +121,7 @@ class DataPlane:
         admission: Admission | None = None,
         failed: dict[str, str] | None = None,
         backend_name: str = "",
+        signer: Signer | None = None,
     ) -> None:
         self.models = models
         self.backend_name = backend_name
@@ -122,6 +132,7 @@ class DataPlane:
         self.admission = admission or Admission(
             config.max_samples_in_flight, config.max_concurrent_requests, metrics
         )
+        self.signer = signer or Signer.from_settings(config.signing_key, config.signing_key_pem)
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         check_request_bounds(name, version, 0)
@@ -184,6 +195,9 @@ class DataPlane:
             min_n=cfg.min_n,
         )
 
+    def signing_key(self) -> SigningKey:
+        return self.signer.signing_key()
+
     def list_models(self) -> list[ModelInfo]:
         return [self.model_info(name) for name in sorted({*self.models, *self.failed})]
 
@@ -204,6 +218,7 @@ class DataPlane:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         mode, n0, n, alpha = self.sampling_plan(request)
+        self.check_seed_policy(request, model)
         # Admission first: a refusal costs the server nothing, whatever the input.
         ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
         try:
@@ -235,7 +250,7 @@ class DataPlane:
             self.metrics.samples_per_certificate.labels(model.name, request.procedure).observe(
                 n0 + drawn
             )
-        return PredictResult(
+        result = PredictResult(
             prediction=estimate.prediction,
             label="" if estimate.abstain else model.config.labels[estimate.prediction],
             abstain=estimate.abstain,
@@ -260,7 +275,30 @@ class DataPlane:
             bound_alpha=estimate.bound_alpha,
             looks=estimate.looks,
             look_schedule=estimate.schedule,
+            tolerance=request.tolerance or 0.0,
         )
+        return self.signed(result, request)
+
+    def signed(self, result: PredictResult, request: PredictInput) -> PredictResult:
+        """The result with its certificate record and the record's signature (``records.py``)."""
+        record = certificate_record(
+            result, hashlib.sha256(request.data).hexdigest(), tuple(request.shape),
+            request.dtype, self.signer.key_id,
+        )  # fmt: skip
+        return replace(result, record=record, record_signature=self.signer.sign(record))
+
+    def check_seed_policy(self, request: PredictInput, model: ModelVersion) -> None:
+        """Client-chosen seeds only where the operator allows them (audits): a client that
+        picks the seed can try seeds until a wrong answer certifies, then replay it."""
+        if request.seed is None:
+            return
+        allowed = self.config.allow_client_seeds
+        self.metrics.seeded_requests.labels(model.name, str(allowed).lower()).inc()
+        if not allowed:
+            raise FailedPrecondition(
+                "this server chooses the noise itself: requests may not set a seed (an operator "
+                "may allow seeds for audits with --allow-client-seeds)"
+            )
 
     async def _certify_sequentially(
         self, request: PredictInput, draw, selection: np.ndarray, cap: int, alpha: float,
@@ -300,9 +338,7 @@ class DataPlane:
                 break
         if look is None:
             raise DeadlineExceeded("the deadline passed before the first look was complete")
-        certified = look.decision != "abstain" and look.radius > 0
-        if request.procedure == sequential.TARGET:
-            certified = look.decision == "certified"
+        certified = sequential.certified(request.procedure, look)
         return Estimate(
             prediction=candidate if certified else stats.ABSTAIN,
             candidate=candidate,

@@ -13,6 +13,10 @@ class NotFound(SmoothServeError):
     pass
 
 
+class FailedPrecondition(SmoothServeError):
+    """Refused by the server's policy (such as client-chosen seeds), not by the request's form."""
+
+
 class ResourceExhausted(SmoothServeError):
     pass
 

@@ -95,6 +95,11 @@ class Metrics:
             "smoothserve_models", "Model versions by state: ready (served) or failed (to load; "
             "ListModels gives the reason).", ["state"], registry=r,
         )  # fmt: skip
+        self.seeded_requests = Counter(
+            "smoothserve_seeded_requests", "Predict requests that chose the noise seed, by "
+            "whether the server accepted them (--allow-client-seeds).", ["model", "accepted"],
+            registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
             "smoothserve_requests_rejected", "Predict requests refused before sampling, by reason "
             "(samples_in_flight, concurrent_requests, shutting_down).", ["reason"], registry=r,

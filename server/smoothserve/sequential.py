@@ -23,7 +23,7 @@ from scipy.stats import beta, norm
 
 from .certify import lower_confidence_bound
 
-TARGET, ANYTIME = "target_radius", "anytime"
+FIXED_N, TARGET, ANYTIME = "fixed_n", "target_radius", "anytime"
 
 
 def look_schedule(first: int, cap: int) -> tuple[int, ...]:
@@ -125,6 +125,15 @@ def anytime_look(
         if projected - radius <= tolerance:
             return Look("certified" if radius > 0 else "abstain", p_a_lower, radius, level)
     return Look("continue", p_a_lower, radius, level)
+
+
+def certified(procedure: str, last: Look) -> bool:
+    """Whether the last look of a sequential procedure answers with its class: a target-radius
+    look that decided "certified"; an anytime look with a positive radius that did not
+    decide to abstain (an anytime request may stop at any look, decided or not)."""
+    if procedure == TARGET:
+        return last.decision == "certified"
+    return last.decision != "abstain" and last.radius > 0
 
 
 def _radius(p_a_lower: float, sigma: float) -> float:

@@ -24,6 +24,7 @@ from ..dataplane import (
 from ..errors import (
     BadState,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -144,6 +146,9 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         # the caller's error always includes it.
         assert failure is not None  # every path that gets here set it
         await context.abort(*failure)
+
+    async def GetSigningKey(self, request: pb.GetSigningKeyRequest, context):
+        return self.plane.signing_key().to_proto()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         return pb.ListModelsResponse(models=[m.to_proto() for m in self.plane.list_models()])

@@ -75,7 +75,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule")
+    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule", "tolerance", "record", "record_signature")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,9 @@ class PredictResponse(_message.Message):
     BOUND_ALPHA_FIELD_NUMBER: _ClassVar[int]
     LOOKS_FIELD_NUMBER: _ClassVar[int]
     LOOK_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    RECORD_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     label: str
     abstain: bool
@@ -124,7 +127,26 @@ class PredictResponse(_message.Message):
     bound_alpha: float
     looks: int
     look_schedule: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ...) -> None: ...
+    tolerance: float
+    record: bytes
+    record_signature: bytes
+    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ..., tolerance: _Optional[float] = ..., record: _Optional[bytes] = ..., record_signature: _Optional[bytes] = ...) -> None: ...
+
+class GetSigningKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SigningKey(_message.Message):
+    __slots__ = ("algorithm", "key_id", "public_key_pem", "persistent")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    key_id: str
+    public_key_pem: str
+    persistent: bool
+    def __init__(self, algorithm: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., persistent: bool = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -49,6 +49,11 @@ class SmoothServeStub(object):
                 request_serializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetSigningKey = channel.unary_unary(
+                '/smoothserve.v1.SmoothServe/GetSigningKey',
+                request_serializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetSigningKeyRequest.SerializeToString,
+                response_deserializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.SigningKey.FromString,
+                _registered_method=True)
 
 
 class SmoothServeServicer(object):
@@ -75,6 +80,13 @@ class SmoothServeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSigningKey(self, request, context):
+        """The public key that signs certificate records (docs/api.md, "Certificate records").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmoothServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_SmoothServeServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetModelInfoRequest.FromString,
                     response_serializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSigningKey,
+                    request_deserializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetSigningKeyRequest.FromString,
+                    response_serializer=smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.SigningKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class SmoothServe(object):
             '/smoothserve.v1.SmoothServe/GetModelInfo',
             smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetModelInfoRequest.SerializeToString,
             smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smoothserve.v1.SmoothServe/GetSigningKey',
+            smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.GetSigningKeyRequest.SerializeToString,
+            smoothserve__client_dot_api_dot_v1_dot_smoothserve__pb2.SigningKey.FromString,
             options,
             channel_credentials,
             insecure,
