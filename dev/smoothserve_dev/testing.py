@@ -33,6 +33,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.metrics_port = -1
+        self.http_port = -1
         self._dir = tempfile.TemporaryDirectory(prefix="smoothserve-")
         self.log_path = Path(self._dir.name) / "server.log"
 
@@ -68,6 +69,7 @@ class ServerProcess:
             time.sleep(0.05)
         ports = json.loads(ready.read_text())
         self.port, self.metrics_port = ports["port"], ports["metrics_port"]
+        self.http_port = ports.get("http_port", -1)
         return self
 
     def log(self) -> str:

@@ -25,7 +25,12 @@ from .errors import ShuttingDown, SmoothServeError
 from .metrics import Metrics
 from .records import Signer
 from .scheduler import BatchScheduler
-from .transport.auth import BearerTokenInterceptor, server_credentials, tokens_from_config
+from .transport.auth import (
+    BearerTokenInterceptor,
+    rest_tls,
+    server_credentials,
+    tokens_from_config,
+)
 from .transport.limits import MAX_HEALTH_WATCHES, HealthWatchLimit
 from .transport.malformed import MalformedRequestInterceptor
 from .transport.servicer import PRECHECKS, SmoothServeServicer
@@ -48,6 +53,9 @@ class Server:
         )
         self.port = 0
         self.metrics_port = -1
+        self.http_port = -1
+        self.rest = None
+        self.accepting = False  # OIP readiness: true between start-up and the drain
 
     async def start(self) -> None:
         try:
@@ -110,6 +118,7 @@ class Server:
             SmoothServeServicer(plane), self.grpc_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self._add_inference_protocol(plane, tokens)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
@@ -124,6 +133,10 @@ class Server:
         await self.grpc_server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        if self.rest is not None:
+            tls = rest_tls(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert else None
+            self.http_port = await self.rest.start(c.host, c.http_port, tls)
+        self.accepting = True
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
@@ -134,14 +147,35 @@ class Server:
         if c.ready_file:
             # Written whole, then renamed: a watcher never reads a half-written file.
             partial = c.ready_file.with_name(c.ready_file.name + ".partial")
-            partial.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
+            ports = {"port": self.port, "metrics_port": self.metrics_port,
+                     "http_port": self.http_port}  # fmt: skip
+            partial.write_text(json.dumps(ports))
             partial.replace(c.ready_file)
+
+    def _add_inference_protocol(self, plane: DataPlane, tokens: tuple[str, ...]) -> None:
+        """OIP over gRPC on the gRPC port and over REST on --http-port, when the ``oip`` extra
+        is installed; without it, one log line (or an exit, if --http-port asks for REST)."""
+        c = self.config
+        try:
+            if c.oip_grpc:
+                from .transport import oip_grpc
+
+                oip_grpc.add_to_server(plane, lambda: self.accepting, self.grpc_server)
+            if c.http_port >= 0:
+                from .transport.oip_rest import RestServer
+
+                self.rest = RestServer(plane, lambda: self.accepting, tokens, c.max_message_bytes)
+        except ImportError as exc:
+            if c.http_port >= 0:
+                raise SystemExit(f"--http-port needs the oip extra (pip install 'smoothserve[oip]'): {exc}") from None
+            log.info("Open Inference Protocol off: install the oip extra for it (%s)", exc.name)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING and new Predict calls UNAVAILABLE while admitted ones
         finish, for up to ``grace`` seconds (default: the configured grace period); then
         whatever is still running is cancelled and the port closes."""
         grace = self.config.grace_period_s if grace is None else grace
+        self.accepting = False
         await self.health.enter_graceful_shutdown()
         drained = await self.admission.drain(grace)
         if not drained:
@@ -152,6 +186,8 @@ class Server:
             await self.admission.drain(1.0)  # let them send their status
         if self.grpc_server:
             await self.grpc_server.stop(0.5 if drained else 0)
+        if self.rest is not None:
+            await self.rest.stop()
         for scheduler in self.schedulers.values():
             await scheduler.close()
         await self.backend.close()

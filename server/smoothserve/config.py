@@ -41,6 +41,8 @@ class ServerConfig:
     port: int = _option(50051, "gRPC port; 0 picks a free one.", int)
     metrics_host: str = _option("0.0.0.0", "Address the Prometheus metrics server binds.", str)
     metrics_port: int = _option(9464, "Prometheus metrics port; 0 picks a free one, -1 disables.", int)
+    http_port: int = _option(-1, "Open Inference Protocol REST port (/v2/...; Triton uses 8000); 0 picks a free one, -1 disables. Needs the `oip` extra.", int)
+    oip_grpc: bool = _option(True, "Serve the Open Inference Protocol's gRPC service (inference.GRPCInferenceService) on the gRPC port, when the `oip` extra is installed.", _bool)
     backend: str = _option("onnxruntime", "Backend that runs the base network.", str, ("onnxruntime", "triton", "torch"))
     triton_urls: tuple[str, ...] = _option((), "Triton gRPC endpoints, comma-separated host:port.", _csv)
     triton_timeout_s: float = _option(30.0, "Seconds one Triton call may take (and start-up may wait for Triton).", float)
@@ -163,8 +165,8 @@ class ServerConfig:
             found.append("defaults must not exceed the maxima")
         if self.default_alpha > self.max_alpha or not 1 <= self.min_n <= self.default_n:
             found.append("default_alpha must not exceed max_alpha, nor min_n default_n")
-        for name in ("port", "metrics_port"):
-            low = -1 if name == "metrics_port" else 0
+        for name in ("port", "metrics_port", "http_port"):
+            low = 0 if name == "port" else -1
             if not low <= getattr(self, name) <= 65535:
                 found.append(f"{name} must lie in [{low}, 65535], got {getattr(self, name)}")
         if self.max_samples_in_flight < self.max_n0 + self.max_n:

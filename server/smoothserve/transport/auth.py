@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,12 @@ from .limits import guarded
 
 log = logging.getLogger(__name__)
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Health and liveness probes need no token (Kubernetes and load balancers send none).
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 MISSING = "missing bearer token: send metadata 'authorization: Bearer <token>'"
 WRONG = "invalid bearer token"
 SEVERAL = "several authorization headers"
@@ -162,6 +168,18 @@ def _refusal(
     return None
 
 
+def token_refusal(headers: Sequence[tuple[str, str]], tokens: Iterable[str]) -> str | None:
+    """Why these (lower-case) headers do not authenticate a call, or None if they do: the
+    same rules as the gRPC interceptor, for the REST endpoints."""
+    known = tuple(t.encode() for t in tokens)
+
+    def valid(presented: str) -> bool:
+        candidate = presented.encode()
+        return any([hmac.compare_digest(candidate, token) for token in known])
+
+    return _refusal(headers, valid)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Iterable[str], limiter: FailureLimiter | None = None) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
@@ -223,6 +241,16 @@ def server_credentials(
     )
 
 
+def rest_tls(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The same TLS (and mutual TLS) for the REST port as ``server_credentials`` for gRPC."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def tokens_from_config(config) -> tuple[str, ...]:
     """The configured tokens (file and ``auth_tokens``); empty: authentication is off."""
     if config.auth_tokens_file is None and not config.auth_tokens:
@@ -232,9 +260,11 @@ def tokens_from_config(config) -> tuple[str, ...]:
 
 __all__ = [
     "BearerTokenInterceptor",
+    "token_refusal",
     "FailureLimiter",
     "peer_address",
     "read_tokens",
+    "rest_tls",
     "server_credentials",
     "tokens_from_config",
 ]

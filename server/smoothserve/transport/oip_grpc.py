@@ -1,0 +1,121 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), on the same
+port, interceptors (tokens, limits) and data plane as the native API. The protocol's messages
+come from tritonclient's published definitions (the ``oip`` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as oip_pb
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, SmoothServeError
+from ..records import server_version
+from . import oip
+from .predict_call import answer
+from .servicer import status_of
+
+SERVICE = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+INPUT_CONTENTS = {"UINT8": ("uint_contents", np.uint8), "FP32": ("fp32_contents", np.float32)}
+
+
+def parameter_value(parameter: oip_pb.InferParameter):
+    return getattr(parameter, parameter.WhichOneof("parameter_choice") or "string_param")
+
+
+def set_parameter(parameter: oip_pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
+
+
+def input_bytes(request: oip_pb.ModelInferRequest) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, bytes) of the one input, from raw_input_contents or typed contents."""
+    if len(request.inputs) != 1:
+        raise InvalidArgument(f"ModelInfer takes one input tensor, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if request.raw_input_contents:
+        return tensor.datatype, list(tensor.shape), request.raw_input_contents[0]
+    field, dtype = INPUT_CONTENTS.get(tensor.datatype, (None, None))
+    if field is None:
+        raise InvalidArgument("input datatype must be UINT8 or FP32")
+    values = np.asarray(getattr(tensor.contents, field), dtype=dtype)
+    return tensor.datatype, list(tensor.shape), values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
+    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer; the
+    other methods of Triton's service answer UNIMPLEMENTED."""
+
+    def __init__(self, plane: DataPlane, ready: Callable[[], bool]) -> None:
+        self.plane = plane
+        self.ready = ready
+
+    async def ServerLive(self, request, context):
+        return oip_pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return oip_pb.ServerReadyResponse(ready=self.ready())
+
+    async def ModelReady(self, request, context):
+        try:
+            info = self.plane.model_info(request.name, request.version)
+        except SmoothServeError:
+            return oip_pb.ModelReadyResponse(ready=False)
+        return oip_pb.ModelReadyResponse(ready=self.ready() and info.state == "READY")
+
+    async def ServerMetadata(self, request, context):
+        return oip_pb.ServerMetadataResponse(name="smoothserve", version=server_version(),
+                                             extensions=["parameters"])  # fmt: skip
+
+    async def ModelMetadata(self, request, context):
+        try:
+            info = self.plane.model_info(request.name, request.version)
+        except SmoothServeError as error:
+            await context.abort(status_of(error), str(error))
+        tensor = oip_pb.ModelMetadataResponse.TensorMetadata
+        name, datatype, shape = oip.metadata_input(info)
+        return oip_pb.ModelMetadataResponse(
+            name=info.name, versions=list(info.available_versions), platform=oip.PLATFORM,
+            inputs=[tensor(name=name, datatype=datatype, shape=shape)],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in oip.metadata_outputs(info)],
+        )  # fmt: skip
+
+    async def ModelInfer(self, request: oip_pb.ModelInferRequest, context):
+        def make_input():
+            datatype, shape, data = input_bytes(request)
+            params = {k: parameter_value(v) for k, v in request.parameters.items()}
+            return oip.to_input(request.model_name, request.model_version, datatype, shape,
+                                data, params, context.time_remaining())  # fmt: skip
+
+        try:
+            result = await answer(self.plane, request.model_name, make_input,
+                                  context.time_remaining())  # fmt: skip
+        except SmoothServeError as error:
+            await context.abort(status_of(error), str(error))
+        wanted = {o.name for o in request.outputs}
+        response = oip_pb.ModelInferResponse(
+            model_name=result.model_name, model_version=result.model_version, id=request.id
+        )
+        for tensor in oip.outputs(result):
+            if wanted and tensor.name not in wanted:
+                continue
+            # Raw, as Triton answers (tritonclient reads raw_output_contents only).
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                 shape=list(tensor.shape))  # fmt: skip
+            response.raw_output_contents.append(oip.raw_bytes(tensor))
+        for name, value in oip.parameters(result).items():
+            set_parameter(response.parameters[name], value)
+        return response
+
+
+def add_to_server(plane: DataPlane, ready: Callable[[], bool], server: grpc.aio.Server) -> None:
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, ready), server)

@@ -1,0 +1,59 @@
+"""One Predict through the data plane with its request metrics, whatever the transport: the
+outcome label, the latency, the certified radius, and errors as ``SmoothServeError``s that
+each transport maps to its own status (gRPC code, HTTP status)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from smoothserve_client.types import PredictResult
+
+from ..dataplane import CERTIFY, MAX_NAME_CHARS, DataPlane, PredictInput
+from ..errors import BadState, DeadlineExceeded, ResourceExhausted, ShuttingDown, SmoothServeError
+
+log = logging.getLogger(__name__)
+
+
+async def answer(
+    plane: DataPlane,
+    model_name: str,
+    make_input: Callable[[], PredictInput],
+    seconds_left: float | None,
+    mode: str = CERTIFY,
+) -> PredictResult:
+    """Run ``make_input()`` through ``plane.predict`` within ``seconds_left``, counted in the
+    request metrics under ``model_name`` (or "(unknown)") and ``mode``."""
+    started = time.perf_counter()
+    model = plane.metric_label(model_name[: MAX_NAME_CHARS + 1])
+    outcome, radius = "error", None
+    plane.request_started()
+    try:
+        # No task of its own (as wait_for would make): admission runs in this very step.
+        async with asyncio.timeout(seconds_left):
+            request = make_input()
+            mode = request.mode
+            result = await plane.predict(request)
+        model = result.model_name
+        outcome = "abstained" if result.abstain else "certified"
+        if result.mode == CERTIFY and not result.abstain:
+            radius = result.radius
+        return result
+    except SmoothServeError as error:
+        if isinstance(error, ResourceExhausted | ShuttingDown):
+            outcome = "rejected"
+        raise
+    except TimeoutError:
+        outcome = "deadline_exceeded"
+        raise DeadlineExceeded("the request's deadline passed") from None
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        log.info("Predict cancelled (model %s)", model)
+        raise
+    except Exception:
+        log.exception("Predict failed")
+        raise BadState("internal error; see the server log") from None
+    finally:
+        plane.request_finished(model, mode, outcome, time.perf_counter() - started, radius)
