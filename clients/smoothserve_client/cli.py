@@ -39,11 +39,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--target-radius", type=float, help="radius for --procedure target_radius")
     parser.add_argument("--tolerance", type=float, help="anytime: stop when a look gains less")
+    parser.add_argument(
+        "--sound-noise", action="store_true",
+        help="floating-point-sound noise on the 1/255 lattice (docs/security.md); unset: the "
+        "model's config decides",
+    )  # fmt: skip
 
 
 def sequential_options(args: argparse.Namespace) -> dict:
+    """The predict options besides n0, n, alpha and seed: the procedure and the noise."""
     return {"procedure": args.procedure, "target_radius": args.target_radius,
-            "tolerance": args.tolerance}  # fmt: skip
+            "tolerance": args.tolerance,
+            "sound_noise": True if args.sound_noise else None}  # fmt: skip
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -105,6 +105,7 @@ class SmoothServeClient:
         procedure: str = "fixed_n",
         target_radius: float | None = None,
         tolerance: float | None = None,
+        sound_noise: bool | None = None,
     ) -> PredictResult:
         """Certify (or, with ``mode="predict"``, predict) one image.
 
@@ -112,10 +113,13 @@ class SmoothServeClient:
         Unset n0, n and alpha take the server's defaults. ``procedure`` "target_radius"
         (with ``target_radius``) or "anytime" (with an optional ``tolerance``, and the call's
         ``timeout`` as the deadline) certify sequentially, with ``n`` as the most samples.
+        ``sound_noise=True`` asks for floating-point-sound noise (the image must be uint8, or
+        floats on the model's 1/255 lattice); None leaves it to the model's config.
         """
         options = pb.PredictOptions(mode=MODES[mode], procedure=PROCEDURES[procedure])
         values = {"n0": n0, "n": n, "alpha": alpha, "seed": seed,
-                  "target_radius": target_radius, "tolerance": tolerance}  # fmt: skip
+                  "target_radius": target_radius, "tolerance": tolerance,
+                  "sound_noise": sound_noise}  # fmt: skip
         for name, value in values.items():
             if value is not None:
                 setattr(options, name, value)

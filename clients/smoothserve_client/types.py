@@ -55,6 +55,7 @@ class PredictResult:
     looks: int = 0
     look_schedule: tuple[int, ...] = ()
     tolerance: float = 0.0
+    sound_noise: bool = False  # floating-point-sound noise on the 1/255 lattice (security.md)
     record: bytes = b""  # the certificate record, canonical JSON (docs/api.md)
     record_signature: bytes = b""  # its Ed25519 signature
 

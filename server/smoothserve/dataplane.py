@@ -31,6 +31,7 @@ from .noise import noise_generator
 from .records import Signer, certificate_record
 from .repository import ModelVersion, latest
 from .scheduler import BatchScheduler
+from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 
 log = logging.getLogger(__name__)
 CERTIFY, PREDICT = "certify", "predict"
@@ -87,6 +88,7 @@ class PredictInput:
     target_radius: float | None = None
     tolerance: float | None = None
     deadline: float | None = None  # time.monotonic() by which the answer must be sent
+    sound_noise: bool | None = None  # None: the model's config decides (sound_noise.py)
 
 
 @dataclass(frozen=True)
@@ -218,16 +220,19 @@ class DataPlane:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         mode, n0, n, alpha = self.sampling_plan(request)
+        sound = self.sound_plan(request, model)
         self.check_seed_policy(request, model)
         # Admission first: a refusal costs the server nothing, whatever the input.
         ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
         try:
             x = decode_input(request, model)
+            if sound:
+                x = await sound_input(request, model, x)
             scheduler = self.schedulers[(model.name, model.version)]
             rng = noise_generator(request.seed)
 
             async def draw(num: int) -> np.ndarray:
-                counts = await scheduler.count(x, num, rng, ticket.release)
+                counts = await scheduler.count(x, num, rng, ticket.release, sound)
                 check_counts(counts, num, model)
                 return counts
 
@@ -276,6 +281,7 @@ class DataPlane:
             looks=estimate.looks,
             look_schedule=estimate.schedule,
             tolerance=request.tolerance or 0.0,
+            sound_noise=sound,
         )
         return self.signed(result, request)
 
@@ -286,6 +292,26 @@ class DataPlane:
             request.dtype, self.signer.key_id,
         )  # fmt: skip
         return replace(result, record=record, record_signature=self.signer.sign(record))
+
+    def sound_plan(self, request: PredictInput, model: ModelVersion) -> bool:
+        """Whether the request's noise is floating-point-sound: the model's config turns it on
+        for every request, a request may turn it on for itself, but not off where the config
+        has it on; backends that draw noise on their device cannot draw it."""
+        configured = model.config.sound_noise
+        if configured and request.sound_noise is False:
+            raise InvalidArgument(
+                f"model {model.name!r} is configured for floating-point-sound noise; a request "
+                "cannot turn it off"
+            )
+        sound = configured or bool(request.sound_noise)
+        scheduler = self.schedulers[(model.name, model.version)]
+        if sound and not scheduler.noise.supports_sound_noise:
+            raise FailedPrecondition(
+                f"backend {self.backend_name!r} draws the noise on its device and has no "
+                "floating-point-sound mode; sound noise needs a host-noise backend (onnxruntime, "
+                "triton)"
+            )
+        return sound
 
     def check_seed_policy(self, request: PredictInput, model: ModelVersion) -> None:
         """Client-chosen seeds only where the operator allows them (audits): a client that
@@ -416,6 +442,27 @@ def check_counts(counts: np.ndarray, drawn: int, model: ModelVersion) -> None:
             model.name, model.version, total, counts.size, drawn,
         )  # fmt: skip
         raise BadState(f"model {model.name!r} gave inconsistent votes; no certificate was made")
+
+
+async def sound_input(request: PredictInput, model: ModelVersion, x: np.ndarray) -> np.ndarray:
+    """The input's lattice indices (int16, in [0, 255]) for sound noise, or InvalidArgument
+    for a float32 input off the lattice. ``x`` is the decoded input."""
+    c = model.config
+    try:  # cached after the first call; building it takes a fraction of a second
+        lattice = await asyncio.to_thread(sound_lattice, c.sigma, *c.value_range)
+    except SoundNoiseError as exc:
+        raise FailedPrecondition(f"model {c.name!r} cannot use sound noise: {exc}") from None
+    if request.dtype == "uint8":
+        return np.frombuffer(request.data, np.uint8).reshape(c.input_shape).astype(np.int16)
+    indices = lattice_indices(x, lattice)
+    if indices is None:
+        low, high = c.value_range
+        raise InvalidArgument(
+            "sound noise needs the input on the model's 8-bit lattice: every float32 pixel must "
+            f"be the float32 of {low} + k ({high} - {low}) / 255 for an integer k in [0, 255] "
+            "(for [0, 1]: np.float32(k / 255)); send uint8 pixels to be sure"
+        )
+    return indices
 
 
 def decode_input(request: PredictInput, model: ModelVersion) -> np.ndarray:

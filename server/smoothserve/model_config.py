@@ -7,7 +7,9 @@ A SmoothServe model directory is a Triton model directory::
 
 Smoothing metadata lives in the config's ``parameters`` (string values, as Triton requires):
 ``sigma``, ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
-``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in).
+``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in), and
+optionally ``smoothserve_sound_noise`` (``"true"`` or ``"false"``, default false): every
+request on the model uses floating-point-sound noise (``sound_noise.py``).
 
 The file is parsed by protobuf's ``text_format`` against ``schema/model_config.proto`` (the
 fields of Triton's ModelConfig that SmoothServe reads), so any config Triton accepts parses
@@ -27,9 +29,12 @@ import numpy as np
 from google.protobuf import json_format, text_format
 
 from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
+from .sound_noise import SoundNoiseError, sound_lattice
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-SMOOTHING_PARAMETERS = ("sigma", "labels", "input_shape", "value_range")
+SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
+SMOOTHING_PARAMETERS = ("sigma", "labels", "input_shape", "value_range", SOUND_NOISE_PARAMETER)
+BOOLEANS = {"true": True, "false": False}
 # Noise of up to this many standard deviations must stay finite in float32.
 MAX_SIGMA = float(np.finfo(np.float32).max) / 1e3
 
@@ -58,6 +63,7 @@ class SmoothModelConfig:
     extra_parameters: dict[str, str] = field(default_factory=dict)
     input_data_type: str = "TYPE_FP32"
     output_dims: tuple[int, ...] = ()  # as declared; () when the config declares none
+    sound_noise: bool = False  # floating-point-sound noise for every request (sound_noise.py)
 
     @property
     def num_classes(self) -> int:
@@ -84,6 +90,11 @@ class SmoothModelConfig:
             )
         if self.max_batch_size < 0:
             found.append("max_batch_size must not be negative")
+        if self.sound_noise and not found:
+            try:
+                sound_lattice(self.sigma, *self.value_range)
+            except SoundNoiseError as exc:
+                found.append(str(exc))
         return found
 
     def check(self) -> SmoothModelConfig:
@@ -98,6 +109,7 @@ class SmoothModelConfig:
             "labels": json.dumps(list(self.labels)),
             "input_shape": json.dumps(list(self.input_shape)),
             "value_range": json.dumps(list(self.value_range)),
+            **({SOUND_NOISE_PARAMETER: "true"} if self.sound_noise else {}),
             **self.extra_parameters,
         }
         config = ModelConfig(
@@ -156,6 +168,9 @@ class SmoothModelConfig:
         value_range = _json(params, "value_range", [0, 1])
         if not isinstance(labels, list) or not isinstance(value_range, list) or len(value_range) != 2:
             raise ModelConfigError("labels must be a JSON list, value_range a JSON [low, high]")
+        sound = params.get(SOUND_NOISE_PARAMETER, "false").strip().lower()
+        if sound not in BOOLEANS:
+            raise ModelConfigError(f"{SOUND_NOISE_PARAMETER} must be \"true\" or \"false\"")
         try:
             sigma = float(params["sigma"])
             numbers = [float(v) for v in value_range], [int(d) for d in shape]
@@ -176,6 +191,7 @@ class SmoothModelConfig:
             extra_parameters={k: v for k, v in params.items() if k not in SMOOTHING_PARAMETERS},
             input_data_type=DataType.Name(model_input.data_type),
             output_dims=tuple(int(d) for d in output.dims),
+            sound_noise=BOOLEANS[sound],
         ).check()
 
     def write(self, model_dir: Path) -> Path:

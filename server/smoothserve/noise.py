@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .sound_noise import skip_sound_draws
+
 NORMALS_PER_CHUNK = 2**17
 
 
@@ -48,10 +50,14 @@ def chunk_samples(sample_shape: tuple[int, ...]) -> int:
 class NoiseStream:
     """The noise of one sampling job, as a function of the sample index (see the module doc)."""
 
-    def __init__(self, rng: np.random.Generator, sample_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, rng: np.random.Generator, sample_shape: tuple[int, ...], sound: bool = False
+    ) -> None:
         key = np.random.SeedSequence(rng.integers(2**63, size=4).tolist())
         self._base = np.random.PCG64(key)
         self.chunk = chunk_samples(sample_shape)
+        # Sound noise (sound_noise.py) takes one 64-bit output per coordinate, not normals.
+        self.sound = sound
         self._open: tuple[int, np.random.Generator] | None = None  # (next sample, generator)
 
     def pieces(self, out: np.ndarray, start: int) -> list[tuple[np.ndarray, np.random.Generator]]:
@@ -67,7 +73,9 @@ class NoiseStream:
                 generator = self._open[1]
             else:
                 generator = np.random.Generator(self._base.jumped(chunk))
-                if within:  # only if calls skipped samples: draw and drop the chunk's start
+                if within and self.sound:  # only if calls skipped samples: draw and drop
+                    skip_sound_draws(generator, within, math.prod(out.shape[1:]))
+                elif within:
                     generator.standard_normal((within, *out.shape[1:]), dtype=np.float32)
             pieces.append((out[row : row + rows], generator))
             row += rows

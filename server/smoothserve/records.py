@@ -34,7 +34,7 @@ ALGORITHM = "Ed25519"
 RESULT_FIELDS = (
     "prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts",
     "selection_counts", "mode", "n0", "n", "alpha", "sigma", "procedure", "target_radius",
-    "tolerance", "bound_alpha", "looks", "look_schedule",
+    "tolerance", "bound_alpha", "looks", "look_schedule", "sound_noise",
 )  # fmt: skip
 
 

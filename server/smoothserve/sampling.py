@@ -14,6 +14,11 @@ the request's own generator, and no two samples share noise.
   job's generator in cut order; the backend builds x + sigma * eps on its device from that
   seed alone. A seeded request is reproducible when it is cut into the same segments.
 
+A job may ask for floating-point-sound noise (``sound_noise.py``): its x is then the input's
+lattice indices and ``HostNoise`` fills its rows with ``fill_sound_copies``; a segment whose
+draw was undecided is reported in ``Classified.refused`` and its votes must not count.
+``DeviceNoise`` refuses sound jobs.
+
 At most ``slots`` batches are in flight (the pipeline depth): the scheduler takes a slot
 before cutting a batch and gives it back once the batch's classes are in.
 """
@@ -30,8 +35,10 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import numpy as np
 
 from .backends.base import Backend
+from .errors import FailedPrecondition
 from .noise import NoiseStream, fill_noisy_copies
 from .repository import ModelVersion
+from .sound_noise import SoundLattice, fill_sound_copies, sound_lattice
 
 Source = TypeVar("Source")
 
@@ -40,7 +47,7 @@ Source = TypeVar("Source")
 class Segment(Generic[Source]):
     """``count`` consecutive samples of one job, the first being its sample ``start``."""
 
-    x: np.ndarray
+    x: np.ndarray  # the clean input; for sound noise its lattice indices
     noise: Source  # the job's noise source, as the strategy's ``source`` made it
     start: int
     count: int
@@ -49,10 +56,13 @@ class Segment(Generic[Source]):
 class Classified(NamedTuple):
     classes: np.ndarray  # one class index per sample, in segment order
     backend_seconds: float  # the backend's call alone, without the host fill
+    refused: tuple[int, ...] = ()  # segments (positions) whose sound draws were undecided
 
 
 class NoiseStrategy(ABC, Generic[Source]):
     """Noise and classification of the batches of one model; ``slots`` batches in flight."""
+
+    supports_sound_noise = False
 
     def __init__(self, model: ModelVersion, backend: Backend, slots: int) -> None:
         self.model = model
@@ -67,8 +77,9 @@ class NoiseStrategy(ABC, Generic[Source]):
         self._slots.release()
 
     @abstractmethod
-    def source(self, rng: np.random.Generator) -> Source:
-        """A new job's noise source, keyed from the request's generator."""
+    def source(self, rng: np.random.Generator, sound: bool = False) -> Source:
+        """A new job's noise source, keyed from the request's generator; ``sound``: the
+        floating-point-sound noise of ``sound_noise.py``."""
 
     @abstractmethod
     async def classify(self, segments: list[Segment[Source]]) -> Classified:
@@ -82,6 +93,8 @@ class NoiseStrategy(ABC, Generic[Source]):
 
 class HostNoise(NoiseStrategy[NoiseStream]):
     """Noise drawn on the host into one buffer per slot, then ``backend.classify``."""
+
+    supports_sound_noise = True
 
     def __init__(
         self,
@@ -102,8 +115,14 @@ class HostNoise(NoiseStrategy[NoiseStream]):
             else None
         )
 
-    def source(self, rng: np.random.Generator) -> NoiseStream:
-        return NoiseStream(rng, self.model.config.input_shape)
+    def source(self, rng: np.random.Generator, sound: bool = False) -> NoiseStream:
+        if sound:
+            self.lattice()  # built (and cached) before the job's first batch
+        return NoiseStream(rng, self.model.config.input_shape, sound)
+
+    def lattice(self) -> SoundLattice:
+        c = self.model.config
+        return sound_lattice(c.sigma, *c.value_range)
 
     async def classify(self, segments: list[Segment[NoiseStream]]) -> Classified:
         buffer = self._buffers.pop()  # the caller holds a slot, so one is free
@@ -112,28 +131,40 @@ class HostNoise(NoiseStrategy[NoiseStream]):
             fill = asyncio.get_running_loop().run_in_executor(
                 self._fill_thread, self._fill, buffer, segments
             )
-            size = await fill
+            size, refused = await fill
             started = time.perf_counter()
             classes = await self.backend.classify(self.model, buffer[:size])
-            return Classified(classes, time.perf_counter() - started)
+            return Classified(classes, time.perf_counter() - started, refused)
         finally:
             self._buffers.append(buffer)
 
-    def _fill(self, buffer: np.ndarray, segments: list[Segment[NoiseStream]]) -> int:
+    def _fill(
+        self, buffer: np.ndarray, segments: list[Segment[NoiseStream]]
+    ) -> tuple[int, tuple[int, ...]]:
+        """Fill the batch's rows; returns their number and the segments with undecided draws."""
         sigma = self.model.config.sigma
-        work: list[tuple[np.ndarray, np.ndarray, np.random.Generator]] = []
+        work: list[tuple[int, np.ndarray, np.ndarray, np.random.Generator, bool]] = []
         offset = 0
-        for segment in segments:
+        for position, segment in enumerate(segments):
             rows = buffer[offset : offset + segment.count]
             for piece, generator in segment.noise.pieces(rows, segment.start):
-                work.append((piece, segment.x, generator))
+                work.append((position, piece, segment.x, generator, segment.noise.sound))
             offset += segment.count
+        lattice = self.lattice() if any(w[4] for w in work) else None
+
+        def fill(item: tuple[int, np.ndarray, np.ndarray, np.random.Generator, bool]) -> int:
+            _, piece, x, generator, sound = item
+            if sound:
+                return fill_sound_copies(piece, x, lattice, generator)
+            fill_noisy_copies(piece, x, sigma, generator)
+            return 0
+
         if self._pool is None or len(work) == 1:
-            for piece, x, generator in work:
-                fill_noisy_copies(piece, x, sigma, generator)
+            undecided = [fill(item) for item in work]
         else:
-            list(self._pool.map(lambda w: fill_noisy_copies(w[0], w[1], sigma, w[2]), work))
-        return offset
+            undecided = list(self._pool.map(fill, work))
+        refused = sorted({item[0] for item, count in zip(work, undecided, strict=True) if count})
+        return offset, tuple(refused)
 
     def close(self) -> None:
         self._fill_thread.shutdown(wait=False, cancel_futures=True)
@@ -144,7 +175,13 @@ class HostNoise(NoiseStrategy[NoiseStream]):
 class DeviceNoise(NoiseStrategy[np.random.Generator]):
     """Noise drawn by the backend on its device (``classify_noisy``); no host buffers."""
 
-    def source(self, rng: np.random.Generator) -> np.random.Generator:
+    def source(self, rng: np.random.Generator, sound: bool = False) -> np.random.Generator:
+        if sound:
+            raise FailedPrecondition(
+                f"backend {self.backend.name!r} draws the noise on its device, which has no "
+                "floating-point-sound mode; sound noise needs a host-noise backend (onnxruntime, "
+                "triton)"
+            )
         return rng  # each segment's seed is drawn from the request's generator
 
     async def classify(self, segments: list[Segment[np.random.Generator]]) -> Classified:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .errors import BadState
+from .errors import BadState, Unavailable
 from .metrics import Metrics
 from .repository import ModelVersion
 from .sampling import NoiseStrategy, Segment, noise_strategy
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # as much as drawing tens of samples: 256 one-sample segments per batch made a burst of 256
 # requests at n = 2,000 run 40 times slower than the same samples in large segments.
 MIN_SEGMENT = 64
+UNDECIDED = (
+    "a floating-point-sound noise draw was undecided (about 1e-16 per pixel drawn): no "
+    "certificate was made; retry the request"
+)
 
 
 @dataclass(eq=False)
@@ -115,17 +119,21 @@ class BatchScheduler:
         num: int,
         rng: np.random.Generator,
         on_classified: Callable[[int], None] | None = None,
+        sound: bool = False,
     ) -> np.ndarray:
         """Votes of f on ``num`` noisy copies x + N(0, sigma^2 I), one count per class.
 
         If the caller is cancelled, the job leaves the queue at once and draws no more samples.
         ``on_classified(k)`` is called as each batch holding k of its samples is classified.
+        ``sound``: floating-point-sound noise (``sound_noise.py``; x holds the input's lattice
+        indices); the job fails with Unavailable if one of its draws is undecided.
         """
         if self._closed_with is not None:
             raise self._closed_with
         counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
         future = asyncio.get_running_loop().create_future()
-        job = _Job(x, self.noise.source(rng), num, counts, future, on_classified=on_classified)
+        source = self.noise.source(rng, sound)
+        job = _Job(x, source, num, counts, future, on_classified=on_classified)
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
         self._work.set()
@@ -196,7 +204,7 @@ class BatchScheduler:
         size = sum(take for _, _, take in segments)
         try:
             batch = [Segment(job.x, job.noise, start, take) for job, start, take in segments]
-            classes, backend_seconds = await self.noise.classify(batch)
+            classes, backend_seconds, refused = await self.noise.classify(batch)
             self.metrics.backend_latency.labels(name, self.backend.name).observe(backend_seconds)
             self.metrics.noisy_samples.labels(name).inc(size)
             self.metrics.batch_size.labels(name).observe(size)
@@ -210,13 +218,17 @@ class BatchScheduler:
                     f"{classes.max(initial=0)}] for {size} samples of a {num_classes}-class model"
                 )
             offset = 0
-            for job, _, take in segments:
+            for position, (job, _, take) in enumerate(segments):
                 votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
                 offset += take
                 job.in_flight -= take
                 if job.on_classified is not None:
                     job.on_classified(take)
                 if job.done:
+                    continue
+                if position in refused:  # not exact samples: no certificate may count them
+                    job.finish(Unavailable(UNDECIDED))
+                    self._drop(job)
                     continue
                 job.counts += votes
                 if job.remaining == 0 and job.in_flight == 0:

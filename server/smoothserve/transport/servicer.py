@@ -93,6 +93,7 @@ def to_input(request: pb.PredictRequest, seconds_left: float | None = None) -> P
         target_radius=options.target_radius if options.HasField("target_radius") else None,
         tolerance=options.tolerance if options.HasField("tolerance") else None,
         deadline=None if seconds_left is None else time.monotonic() + seconds_left,
+        sound_noise=options.sound_noise if options.HasField("sound_noise") else None,
     )
 
 

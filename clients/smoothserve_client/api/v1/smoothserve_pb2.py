@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+smoothserve_client/api/v1/smoothserve.proto\x12\x0esmoothserve.v1\"K\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.smoothserve.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x9e\x02\n\x0ePredictOptions\x12\"\n\x04mode\x18\x01 \x01(\x0e\x32\x14.smoothserve.v1.Mode\x12\x0f\n\x02n0\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01n\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12,\n\tprocedure\x18\x06 \x01(\x0e\x32\x19.smoothserve.v1.Procedure\x12\x1a\n\rtarget_radius\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\ttolerance\x18\x08 \x01(\x01H\x05\x88\x01\x01\x42\x05\n\x03_n0B\x04\n\x02_nB\x08\n\x06_alphaB\x07\n\x05_seedB\x10\n\x0e_target_radiusB\x0c\n\n_tolerance\"\x93\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.smoothserve.v1.Tensor\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.smoothserve.v1.PredictOptions\"\xc6\x04\n\x0fPredictResponse\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62stain\x18\x03 \x01(\x08\x12\x0e\n\x06radius\x18\x04 \x01(\x01\x12\x11\n\tp_a_lower\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\x12\x11\n\tcandidate\x18\x07 \x01(\x05\x12\x0e\n\x06\x63ounts\x18\x08 \x03(\x03\x12\x18\n\x10selection_counts\x18\t \x03(\x03\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.smoothserve.v1.Mode\x12\n\n\x02n0\x18\x0b \x01(\x03\x12\t\n\x01n\x18\x0c \x01(\x03\x12\r\n\x05\x61lpha\x18\r \x01(\x01\x12\r\n\x05sigma\x18\x0e \x01(\x01\x12\x12\n\nmodel_name\x18\x0f \x01(\t\x12\x15\n\rmodel_version\x18\x10 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x11 \x01(\t\x12\x1b\n\x13server_time_seconds\x18\x12 \x01(\x01\x12\x11\n\x04seed\x18\x13 \x01(\x04H\x00\x88\x01\x01\x12,\n\tprocedure\x18\x14 \x01(\x0e\x32\x19.smoothserve.v1.Procedure\x12\x15\n\rtarget_radius\x18\x15 \x01(\x01\x12\x13\n\x0b\x62ound_alpha\x18\x16 \x01(\x01\x12\r\n\x05looks\x18\x17 \x01(\x05\x12\x15\n\rlook_schedule\x18\x18 \x03(\x03\x12\x11\n\ttolerance\x18\x19 \x01(\x01\x12\x0e\n\x06record\x18\x1a \x01(\x0c\x12\x18\n\x10record_signature\x18\x1b \x01(\x0c\x42\x07\n\x05_seed\"\x16\n\x14GetSigningKeyRequest\"[\n\nSigningKey\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12\x12\n\npersistent\x18\x04 \x01(\x08\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.smoothserve.v1.ModelInfo\"@\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x82\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\r\n\x05sigma\x18\x05 \x01(\x01\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0binput_shape\x18\x07 \x03(\x03\x12\x11\n\tvalue_low\x18\x08 \x01(\x01\x12\x12\n\nvalue_high\x18\t \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x10\n\x08platform\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x03\x12\x12\n\ndefault_n0\x18\r \x01(\x03\x12\x11\n\tdefault_n\x18\x0e \x01(\x03\x12\x15\n\rdefault_alpha\x18\x0f \x01(\x01\x12\r\n\x05max_n\x18\x10 \x01(\x03\x12\r\n\x05state\x18\x11 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x12 \x01(\t\x12\x11\n\tmax_alpha\x18\x13 \x01(\x01\x12\r\n\x05min_n\x18\x14 \x01(\x03**\n\x04Mode\x12\x10\n\x0cMODE_CERTIFY\x10\x00\x12\x10\n\x0cMODE_PREDICT\x10\x01*V\n\tProcedure\x12\x15\n\x11PROCEDURE_FIXED_N\x10\x00\x12\x1b\n\x17PROCEDURE_TARGET_RADIUS\x10\x01\x12\x15\n\x11PROCEDURE_ANYTIME\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x02\x32\xd1\x02\n\x0bSmoothServe\x12J\n\x07Predict\x12\x1e.smoothserve.v1.PredictRequest\x1a\x1f.smoothserve.v1.PredictResponse\x12S\n\nListModels\x12!.smoothserve.v1.ListModelsRequest\x1a\".smoothserve.v1.ListModelsResponse\x12N\n\x0cGetModelInfo\x12#.smoothserve.v1.GetModelInfoRequest\x1a\x19.smoothserve.v1.ModelInfo\x12Q\n\rGetSigningKey\x12$.smoothserve.v1.GetSigningKeyRequest\x1a\x1a.smoothserve.v1.SigningKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+smoothserve_client/api/v1/smoothserve.proto\x12\x0esmoothserve.v1\"K\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.smoothserve.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc8\x02\n\x0ePredictOptions\x12\"\n\x04mode\x18\x01 \x01(\x0e\x32\x14.smoothserve.v1.Mode\x12\x0f\n\x02n0\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01n\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12,\n\tprocedure\x18\x06 \x01(\x0e\x32\x19.smoothserve.v1.Procedure\x12\x1a\n\rtarget_radius\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\ttolerance\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x18\n\x0bsound_noise\x18\t \x01(\x08H\x06\x88\x01\x01\x42\x05\n\x03_n0B\x04\n\x02_nB\x08\n\x06_alphaB\x07\n\x05_seedB\x10\n\x0e_target_radiusB\x0c\n\n_toleranceB\x0e\n\x0c_sound_noise\"\x93\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.smoothserve.v1.Tensor\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.smoothserve.v1.PredictOptions\"\xdb\x04\n\x0fPredictResponse\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62stain\x18\x03 \x01(\x08\x12\x0e\n\x06radius\x18\x04 \x01(\x01\x12\x11\n\tp_a_lower\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\x12\x11\n\tcandidate\x18\x07 \x01(\x05\x12\x0e\n\x06\x63ounts\x18\x08 \x03(\x03\x12\x18\n\x10selection_counts\x18\t \x03(\x03\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.smoothserve.v1.Mode\x12\n\n\x02n0\x18\x0b \x01(\x03\x12\t\n\x01n\x18\x0c \x01(\x03\x12\r\n\x05\x61lpha\x18\r \x01(\x01\x12\r\n\x05sigma\x18\x0e \x01(\x01\x12\x12\n\nmodel_name\x18\x0f \x01(\t\x12\x15\n\rmodel_version\x18\x10 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x11 \x01(\t\x12\x1b\n\x13server_time_seconds\x18\x12 \x01(\x01\x12\x11\n\x04seed\x18\x13 \x01(\x04H\x00\x88\x01\x01\x12,\n\tprocedure\x18\x14 \x01(\x0e\x32\x19.smoothserve.v1.Procedure\x12\x15\n\rtarget_radius\x18\x15 \x01(\x01\x12\x13\n\x0b\x62ound_alpha\x18\x16 \x01(\x01\x12\r\n\x05looks\x18\x17 \x01(\x05\x12\x15\n\rlook_schedule\x18\x18 \x03(\x03\x12\x11\n\ttolerance\x18\x19 \x01(\x01\x12\x0e\n\x06record\x18\x1a \x01(\x0c\x12\x18\n\x10record_signature\x18\x1b \x01(\x0c\x12\x13\n\x0bsound_noise\x18\x1c \x01(\x08\x42\x07\n\x05_seed\"\x16\n\x14GetSigningKeyRequest\"[\n\nSigningKey\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12\x12\n\npersistent\x18\x04 \x01(\x08\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.smoothserve.v1.ModelInfo\"@\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x82\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\r\n\x05sigma\x18\x05 \x01(\x01\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0binput_shape\x18\x07 \x03(\x03\x12\x11\n\tvalue_low\x18\x08 \x01(\x01\x12\x12\n\nvalue_high\x18\t \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x10\n\x08platform\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x03\x12\x12\n\ndefault_n0\x18\r \x01(\x03\x12\x11\n\tdefault_n\x18\x0e \x01(\x03\x12\x15\n\rdefault_alpha\x18\x0f \x01(\x01\x12\r\n\x05max_n\x18\x10 \x01(\x03\x12\r\n\x05state\x18\x11 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x12 \x01(\t\x12\x11\n\tmax_alpha\x18\x13 \x01(\x01\x12\r\n\x05min_n\x18\x14 \x01(\x03**\n\x04Mode\x12\x10\n\x0cMODE_CERTIFY\x10\x00\x12\x10\n\x0cMODE_PREDICT\x10\x01*V\n\tProcedure\x12\x15\n\x11PROCEDURE_FIXED_N\x10\x00\x12\x1b\n\x17PROCEDURE_TARGET_RADIUS\x10\x01\x12\x15\n\x11PROCEDURE_ANYTIME\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x02\x32\xd1\x02\n\x0bSmoothServe\x12J\n\x07Predict\x12\x1e.smoothserve.v1.PredictRequest\x1a\x1f.smoothserve.v1.PredictResponse\x12S\n\nListModels\x12!.smoothserve.v1.ListModelsRequest\x1a\".smoothserve.v1.ListModelsResponse\x12N\n\x0cGetModelInfo\x12#.smoothserve.v1.GetModelInfoRequest\x1a\x19.smoothserve.v1.ModelInfo\x12Q\n\rGetSigningKey\x12$.smoothserve.v1.GetSigningKeyRequest\x1a\x1a.smoothserve.v1.SigningKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smoothserve_client.api.v1.smoothserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1822
-  _globals['_MODE']._serialized_end=1864
-  _globals['_PROCEDURE']._serialized_start=1866
-  _globals['_PROCEDURE']._serialized_end=1952
-  _globals['_DTYPE']._serialized_start=1954
-  _globals['_DTYPE']._serialized_end=2020
+  _globals['_MODE']._serialized_start=1885
+  _globals['_MODE']._serialized_end=1927
+  _globals['_PROCEDURE']._serialized_start=1929
+  _globals['_PROCEDURE']._serialized_end=2015
+  _globals['_DTYPE']._serialized_start=2017
+  _globals['_DTYPE']._serialized_end=2083
   _globals['_TENSOR']._serialized_start=63
   _globals['_TENSOR']._serialized_end=138
   _globals['_PREDICTOPTIONS']._serialized_start=141
-  _globals['_PREDICTOPTIONS']._serialized_end=427
-  _globals['_PREDICTREQUEST']._serialized_start=430
-  _globals['_PREDICTREQUEST']._serialized_end=577
-  _globals['_PREDICTRESPONSE']._serialized_start=580
-  _globals['_PREDICTRESPONSE']._serialized_end=1162
-  _globals['_GETSIGNINGKEYREQUEST']._serialized_start=1164
-  _globals['_GETSIGNINGKEYREQUEST']._serialized_end=1186
-  _globals['_SIGNINGKEY']._serialized_start=1188
-  _globals['_SIGNINGKEY']._serialized_end=1279
-  _globals['_LISTMODELSREQUEST']._serialized_start=1281
-  _globals['_LISTMODELSREQUEST']._serialized_end=1300
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1302
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1365
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1367
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1431
-  _globals['_MODELINFO']._serialized_start=1434
-  _globals['_MODELINFO']._serialized_end=1820
-  _globals['_SMOOTHSERVE']._serialized_start=2023
-  _globals['_SMOOTHSERVE']._serialized_end=2360
+  _globals['_PREDICTOPTIONS']._serialized_end=469
+  _globals['_PREDICTREQUEST']._serialized_start=472
+  _globals['_PREDICTREQUEST']._serialized_end=619
+  _globals['_PREDICTRESPONSE']._serialized_start=622
+  _globals['_PREDICTRESPONSE']._serialized_end=1225
+  _globals['_GETSIGNINGKEYREQUEST']._serialized_start=1227
+  _globals['_GETSIGNINGKEYREQUEST']._serialized_end=1249
+  _globals['_SIGNINGKEY']._serialized_start=1251
+  _globals['_SIGNINGKEY']._serialized_end=1342
+  _globals['_LISTMODELSREQUEST']._serialized_start=1344
+  _globals['_LISTMODELSREQUEST']._serialized_end=1363
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1365
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1428
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1430
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1494
+  _globals['_MODELINFO']._serialized_start=1497
+  _globals['_MODELINFO']._serialized_end=1883
+  _globals['_SMOOTHSERVE']._serialized_start=2086
+  _globals['_SMOOTHSERVE']._serialized_end=2423
 # @@protoc_insertion_point(module_scope)
