@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -203,3 +204,12 @@ def test_readiness_flips_off_during_the_drain(linear_repo):
 def _quietly(call) -> None:
     with contextlib.suppress(InferenceServerException, grpc.RpcError):
         call()
+
+
+def test_sound_noise_travels_as_a_parameter(oip_server):
+    lattice = (np.round(X * 255) / 255).astype(np.float32)
+    answer = http_infer(oip_server, lattice, n=1000, sound_noise=True)
+    assert answer.get_response()["parameters"]["sound_noise"] is True
+    with pytest.raises(InferenceServerException) as off_lattice:
+        grpc_infer(oip_server, X, n=1000, sound_noise=True)
+    assert off_lattice.value.status() == "StatusCode.INVALID_ARGUMENT"

@@ -28,7 +28,8 @@ PLATFORM = "smoothserve"
 INPUT_NAME = "input"
 DATATYPES = {"UINT8": "uint8", "FP32": "float32"}
 OPTION_TYPES = {"mode": str, "procedure": str, "n0": int, "n": int, "seed": int,
-                "alpha": float, "target_radius": float, "tolerance": float}  # fmt: skip
+                "alpha": float, "target_radius": float, "tolerance": float,
+                "sound_noise": bool}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def to_input(
             raise InvalidArgument(f"parameter {name} must be an integer")
         if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidArgument(f"parameter {name} must be a number")
+        if kind is bool and not isinstance(value, bool):
+            raise InvalidArgument(f"parameter {name} must be a boolean")
         if kind is str and not isinstance(value, str):
             raise InvalidArgument(f"parameter {name} must be a string")
         options[name] = kind(value)
