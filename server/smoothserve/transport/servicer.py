@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -28,11 +27,11 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    ShuttingDown,
     SmoothServeError,
     Unavailable,
 )
 from ..schema.request_envelope_pb2 import PredictRequestOutline
+from .predict_call import answer
 
 log = logging.getLogger(__name__)
 
@@ -102,51 +101,26 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         self.plane = plane
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
         mode = MODES.get(request.options.mode, "unknown")
-        model = self.plane.metric_label(request.model_name[:MAX_NAME_CHARS + 1])
-        outcome = "error"
-        failure: tuple[grpc.StatusCode, str] | None = None
-        radius = None
-        self.plane.request_started()
+        log.debug(
+            "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
+            self.plane.metric_label(request.model_name[: MAX_NAME_CHARS + 1]), mode,
+            len(request.input.shape), request.input.dtype, len(request.input.data),
+            request.options.n0, request.options.n, request.options.HasField("seed"),
+        )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
+        # The server keeps the client's deadline itself (``answer``), so no sample is drawn
+        # for an answer nobody waits for even if the cancellation from gRPC arrives late.
         try:
-            log.debug(
-                "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
-                model, mode, len(request.input.shape), request.input.dtype,
-                len(request.input.data), request.options.n0, request.options.n,
-                request.options.HasField("seed"),
-            )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
-            # The server keeps the client's deadline itself, so no sample is drawn for an
-            # answer nobody waits for even if the cancellation from gRPC arrives late.
-            # No task of its own (as wait_for would make): admission runs in this very step,
-            # so a refusal never waits for a turn of the event loop.
-            async with asyncio.timeout(context.time_remaining()):
-                out = await self.plane.predict(to_input(request, context.time_remaining()))
-            model = out.model_name
-            outcome = "abstained" if out.abstain else "certified"
-            if mode == CERTIFY and not out.abstain:
-                radius = out.radius
-            return out.to_proto()
+            result = await answer(
+                self.plane, request.model_name,
+                lambda: to_input(request, context.time_remaining()),
+                context.time_remaining(), mode,
+            )  # fmt: skip
         except SmoothServeError as error:
-            # refused at the door; a backend that cannot run is an error the alerts must see
-            outcome = "rejected" if isinstance(error, (ResourceExhausted, ShuttingDown)) else outcome
-            failure = (status_of(error), str(error))
-        except TimeoutError:
-            outcome = "deadline_exceeded"
-            failure = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed")
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            log.info("Predict cancelled (model %s)", model)
-            raise
-        except Exception:
-            log.exception("Predict failed")
-            failure = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        finally:
-            self.plane.request_finished(model, mode, outcome, time.perf_counter() - started, radius)
-        # abort() sends the status at once: count the request first, so a scrape that follows
-        # the caller's error always includes it.
-        assert failure is not None  # every path that gets here set it
-        await context.abort(*failure)
+            # abort() sends the status at once; ``answer`` counted the request first, so a
+            # scrape that follows the caller's error always includes it.
+            await context.abort(status_of(error), str(error))
+        return result.to_proto()
 
     async def GetSigningKey(self, request: pb.GetSigningKeyRequest, context):
         return self.plane.signing_key().to_proto()
