@@ -26,14 +26,14 @@ RUN --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     mkdir -p server clients export; \
-    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" . ; \
+    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" ".[oip]" ; \
     /opt/smoothserve/venv/bin/pip uninstall --yes smoothserve
 COPY server server
 COPY clients clients
 COPY export export
 RUN set -eu; \
     /opt/smoothserve/venv/bin/pip install --no-deps --no-build-isolation --no-index . ; \
-    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime"; \
+    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime, smoothserve.transport.oip_grpc, smoothserve.transport.oip_rest"; \
     if /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null; then \
         echo "torch must not be in the serving image" >&2; exit 1; \
     fi; \

@@ -89,7 +89,13 @@ class _Context:
     def time_remaining(self) -> float:
         return self.remaining
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
         self.code = code
         raise RuntimeError(details)
 

@@ -79,9 +79,10 @@ class SmoothServeClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method, request, timeout: float | None):
+    def _call(self, method, request, timeout: float | None, metadata: tuple = ()):
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout or self.timeout,
+                          metadata=self._metadata + metadata)  # fmt: skip
         except grpc.RpcError as error:
             details = error.details() or ""
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
@@ -106,6 +107,7 @@ class SmoothServeClient:
         target_radius: float | None = None,
         tolerance: float | None = None,
         sound_noise: bool | None = None,
+        request_id: str | None = None,
     ) -> PredictResult:
         """Certify (or, with ``mode="predict"``, predict) one image.
 
@@ -115,6 +117,8 @@ class SmoothServeClient:
         ``timeout`` as the deadline) certify sequentially, with ``n`` as the most samples.
         ``sound_noise=True`` asks for floating-point-sound noise (the image must be uint8, or
         floats on the model's 1/255 lattice); None leaves it to the model's config.
+        ``request_id`` is sent as ``x-request-id``; the server's log lines of the request carry
+        it (or the ID the server made, in ``result.request_id``).
         """
         options = pb.PredictOptions(mode=MODES[mode], procedure=PROCEDURES[procedure])
         values = {"n0": n0, "n": n, "alpha": alpha, "seed": seed,
@@ -129,7 +133,8 @@ class SmoothServeClient:
             input=encode_tensor(image),
             options=options,
         )
-        return PredictResult.from_proto(self._call(self._stub.Predict, request, timeout))
+        extra = (("x-request-id", request_id),) if request_id else ()
+        return PredictResult.from_proto(self._call(self._stub.Predict, request, timeout, extra))
 
     def signing_key(self, timeout: float | None = None) -> SigningKey:
         """The public key that signs this server's certificate records."""

@@ -58,6 +58,7 @@ class PredictResult:
     sound_noise: bool = False  # floating-point-sound noise on the 1/255 lattice (security.md)
     record: bytes = b""  # the certificate record, canonical JSON (docs/api.md)
     record_signature: bytes = b""  # its Ed25519 signature
+    request_id: str = ""  # the server's log lines of this request carry it
 
     def save_record(self, path: str | Path) -> None:
         """Write the signed certificate record to ``path`` for ``smoothserve-verify``."""

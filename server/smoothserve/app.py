@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
-from . import repository
+from . import repository, tracing
 from .admission import Admission
 from .backends import create_backend
 from .config import ServerConfig
@@ -25,6 +25,7 @@ from .errors import ShuttingDown, SmoothServeError
 from .metrics import Metrics
 from .records import Signer
 from .scheduler import BatchScheduler
+from .tracing import RequestIdFilter
 from .transport.auth import (
     BearerTokenInterceptor,
     rest_tls,
@@ -188,6 +189,7 @@ class Server:
             await self.grpc_server.stop(0.5 if drained else 0)
         if self.rest is not None:
             await self.rest.stop()
+        tracing.shutdown()
         for scheduler in self.schedulers.values():
             await scheduler.close()
         await self.backend.close()
@@ -208,6 +210,13 @@ async def serve(config: ServerConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = ServerConfig.from_args(argv)
     logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())  # every line shows its request's ID, or "-"
+    try:
+        tracing.configure(config.otlp_endpoint)
+    except ImportError as exc:
+        raise SystemExit(f"--otlp-endpoint needs the tracing extra (pip install 'smoothserve[tracing]'): {exc}") from None
     asyncio.run(serve(config))

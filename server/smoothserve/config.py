@@ -78,6 +78,7 @@ class ServerConfig:
     signing_key: Path | None = _option(None, "PEM Ed25519 private key (PKCS#8, unencrypted) that signs certificate records; `smoothserve-key generate` makes one. Unset (and no --signing-key-pem): a key for this process only, with a warning.", Path)
     signing_key_pem: str = _option("", "The signing key itself as PEM text, for deployments that inject secrets as environment variables; prefer the variable to the flag.", str, secret=True)
     exit_on_error: bool = _option(True, "Exit at start-up when a model fails to load (as Triton's --exit-on-error); false: serve the others and report the failed ones in ListModels, GetModelInfo and the smoothserve_models metric.", _bool)
+    otlp_endpoint: str = _option("", "OpenTelemetry: export spans (admission, sampling, statistics per request) to this OTLP/gRPC collector, e.g. http://collector:4317 (https for TLS); empty: no tracing. Needs the `tracing` extra.", str)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
     log_level: str = _option("INFO", "Logging level.", str, ("DEBUG", "INFO", "WARNING", "ERROR"))
 

@@ -32,6 +32,7 @@ from .records import Signer, certificate_record
 from .repository import ModelVersion, latest
 from .scheduler import BatchScheduler
 from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
+from .tracing import span
 
 log = logging.getLogger(__name__)
 CERTIFY, PREDICT = "certify", "predict"
@@ -223,7 +224,8 @@ class DataPlane:
         sound = self.sound_plan(request, model)
         self.check_seed_policy(request, model)
         # Admission first: a refusal costs the server nothing, whatever the input.
-        ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
+        with span("admission", samples=(n0 if mode == CERTIFY else 0) + n):
+            ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
         try:
             x = decode_input(request, model)
             if sound:
@@ -232,15 +234,20 @@ class DataPlane:
             rng = noise_generator(request.seed)
 
             async def draw(num: int) -> np.ndarray:
-                counts = await scheduler.count(x, num, rng, ticket.release, sound)
+                with span("sampling", samples=num):
+                    counts = await scheduler.count(x, num, rng, ticket.release, sound)
                 check_counts(counts, num, model)
                 return counts
 
             selection = await draw(n0) if mode == CERTIFY else None
             if mode == PREDICT:
-                estimate = predict_estimate(await draw(n), alpha)
+                counts = await draw(n)
+                with span("statistics", procedure="predict"):
+                    estimate = predict_estimate(counts, alpha)
             elif request.procedure == FIXED_N:
-                estimate = certify_estimate(selection, await draw(n), model.config.sigma, alpha)
+                counts = await draw(n)
+                with span("statistics", procedure=FIXED_N):
+                    estimate = certify_estimate(selection, counts, model.config.sigma, alpha)
             else:
                 estimate = await self._certify_sequentially(
                     request, draw, selection, n, alpha, model
@@ -283,7 +290,8 @@ class DataPlane:
             tolerance=request.tolerance or 0.0,
             sound_noise=sound,
         )
-        return self.signed(result, request)
+        with span("sign"):
+            return self.signed(result, request)
 
     def signed(self, result: PredictResult, request: PredictInput) -> PredictResult:
         """The result with its certificate record and the record's signature (``records.py``)."""
@@ -351,15 +359,16 @@ class DataPlane:
                 break  # an anytime look cut short: the last complete look stands
             seconds_per_sample = (time.monotonic() - began) / (size - drawn)
             drawn, decided = size, k
-            if request.procedure == sequential.TARGET:
-                look = sequential.target_radius_look(
-                    int(counts[candidate]), drawn, k, len(schedule), request.target_radius,
-                    sigma, alpha,
-                )  # fmt: skip
-            else:
-                look = sequential.anytime_look(
-                    int(counts[candidate]), drawn, k, sigma, alpha, request.tolerance or 0.0
-                )
+            with span("statistics", procedure=request.procedure, look=k):
+                if request.procedure == sequential.TARGET:
+                    look = sequential.target_radius_look(
+                        int(counts[candidate]), drawn, k, len(schedule), request.target_radius,
+                        sigma, alpha,
+                    )  # fmt: skip
+                else:
+                    look = sequential.anytime_look(
+                        int(counts[candidate]), drawn, k, sigma, alpha, request.tolerance or 0.0
+                    )
             if look.decision != "continue":
                 break
         if look is None:

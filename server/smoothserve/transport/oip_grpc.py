@@ -16,7 +16,7 @@ from ..errors import InvalidArgument, SmoothServeError
 from ..records import server_version
 from . import oip
 from .predict_call import answer
-from .servicer import status_of
+from .servicer import REQUEST_ID_KEY, status_of
 
 SERVICE = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 INPUT_CONTENTS = {"UINT8": ("uint_contents", np.uint8), "FP32": ("fp32_contents", np.float32)}
@@ -96,14 +96,17 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             return oip.to_input(request.model_name, request.model_version, datatype, shape,
                                 data, params, context.time_remaining())  # fmt: skip
 
+        metadata = dict(context.invocation_metadata() or ())
+        given = request.id or metadata.get(REQUEST_ID_KEY)
         try:
             result = await answer(self.plane, request.model_name, make_input,
-                                  context.time_remaining())  # fmt: skip
+                                  context.time_remaining(), given_id=given)  # fmt: skip
         except SmoothServeError as error:
             await context.abort(status_of(error), str(error))
         wanted = {o.name for o in request.outputs}
         response = oip_pb.ModelInferResponse(
-            model_name=result.model_name, model_version=result.model_version, id=request.id
+            model_name=result.model_name, model_version=result.model_version,
+            id=result.request_id,
         )
         for tensor in oip.outputs(result):
             if wanted and tensor.name not in wanted:

@@ -18,10 +18,11 @@ from aiohttp import web
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, SmoothServeError
 from ..records import server_version
+from ..tracing import REQUEST_ID
 from . import oip
 from .auth import FailureLimiter, peer_address, token_refusal
 from .predict_call import answer
-from .servicer import status_of
+from .servicer import REQUEST_ID_KEY, status_of
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -174,11 +175,16 @@ class RestServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request body over the size limit")
-        holder: dict = {}
+        try:
+            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            problem = None
+        except InvalidArgument as error:  # raised inside ``answer``, so the request is counted
+            header, binary, problem = {}, b"", error
+        given = header.get("id") if isinstance(header.get("id"), str) else None
 
         def make_input():
-            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            holder["header"] = header
+            if problem is not None:
+                raise problem
             datatype, shape, data = input_bytes(header, binary)
             parameters = header.get("parameters") or {}
             if not isinstance(parameters, dict):
@@ -186,10 +192,15 @@ class RestServer:
             return oip.to_input(name, version, datatype, shape, data, parameters)
 
         try:
-            result = await answer(self.plane, name, make_input, None)
+            result = await answer(self.plane, name, make_input, None,
+                                  given_id=given or request.headers.get(REQUEST_ID_KEY))  # fmt: skip
         except SmoothServeError as error:
-            return from_error(error)
-        return self._infer_response(holder["header"], result)
+            response = from_error(error)
+            response.headers[REQUEST_ID_KEY] = REQUEST_ID.get()
+            return response
+        response = self._infer_response(header, result)
+        response.headers[REQUEST_ID_KEY] = result.request_id
+        return response
 
     def _infer_response(self, header: dict, result) -> web.Response:
         requested = {o.get("name"): o for o in header.get("outputs") or [] if isinstance(o, dict)}
@@ -209,8 +220,7 @@ class RestServer:
             outputs.append(entry)
         body = {"model_name": result.model_name, "model_version": result.model_version,
                 "parameters": oip.parameters(result), "outputs": outputs}  # fmt: skip
-        if "id" in header:
-            body["id"] = header["id"]
+        body["id"] = result.request_id
         text = json.dumps(body).encode()
         if not blobs:
             return web.Response(body=text, content_type="application/json")

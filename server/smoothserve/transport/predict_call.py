@@ -8,11 +8,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from smoothserve_client.types import PredictResult
 
 from ..dataplane import CERTIFY, MAX_NAME_CHARS, DataPlane, PredictInput
 from ..errors import BadState, DeadlineExceeded, ResourceExhausted, ShuttingDown, SmoothServeError
+from ..tracing import REQUEST_ID, request_id, span
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,12 @@ async def answer(
     make_input: Callable[[], PredictInput],
     seconds_left: float | None,
     mode: str = CERTIFY,
+    given_id: str | None = None,
 ) -> PredictResult:
     """Run ``make_input()`` through ``plane.predict`` within ``seconds_left``, counted in the
-    request metrics under ``model_name`` (or "(unknown)") and ``mode``."""
+    request metrics under ``model_name`` (or "(unknown)") and ``mode``, under the request ID
+    ``given_id`` (or a fresh one: ``tracing.request_id``), which the result carries back."""
+    REQUEST_ID.set(request_id(given_id))
     started = time.perf_counter()
     model = plane.metric_label(model_name[: MAX_NAME_CHARS + 1])
     outcome, radius = "error", None
@@ -35,12 +40,18 @@ async def answer(
         async with asyncio.timeout(seconds_left):
             request = make_input()
             mode = request.mode
-            result = await plane.predict(request)
+            log.debug(
+                "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
+                model, mode, len(request.shape), request.dtype, len(request.data), request.n0,
+                request.n, request.seed is not None,
+            )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
+            with span("Predict", model=model, mode=mode):
+                result = await plane.predict(request)
         model = result.model_name
         outcome = "abstained" if result.abstain else "certified"
         if result.mode == CERTIFY and not result.abstain:
             radius = result.radius
-        return result
+        return replace(result, request_id=REQUEST_ID.get())
     except SmoothServeError as error:
         if isinstance(error, ResourceExhausted | ShuttingDown):
             outcome = "rejected"

@@ -31,9 +31,11 @@ from ..errors import (
     Unavailable,
 )
 from ..schema.request_envelope_pb2 import PredictRequestOutline
+from ..tracing import REQUEST_ID, request_id
 from .predict_call import answer
 
 log = logging.getLogger(__name__)
+REQUEST_ID_KEY = "x-request-id"
 
 STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -102,24 +104,24 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext):
         mode = MODES.get(request.options.mode, "unknown")
-        log.debug(
-            "Predict model=%s mode=%s rank=%d dtype=%s bytes=%d n0=%s n=%s seeded=%s",
-            self.plane.metric_label(request.model_name[: MAX_NAME_CHARS + 1]), mode,
-            len(request.input.shape), request.input.dtype, len(request.input.data),
-            request.options.n0, request.options.n, request.options.HasField("seed"),
-        )  # fmt: skip - a summary only: inputs, names and seeds never reach the log
+        given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
+        rid = request_id(given if isinstance(given, str) else None)
+        REQUEST_ID.set(rid)  # from here on, every log line of this request shows it
+        # Trailing metadata, not initial: sending initial metadata would await before
+        # admission, and a refusal must not wait for a turn of the event loop.
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         # The server keeps the client's deadline itself (``answer``), so no sample is drawn
         # for an answer nobody waits for even if the cancellation from gRPC arrives late.
         try:
             result = await answer(
                 self.plane, request.model_name,
                 lambda: to_input(request, context.time_remaining()),
-                context.time_remaining(), mode,
+                context.time_remaining(), mode, rid,
             )  # fmt: skip
         except SmoothServeError as error:
             # abort() sends the status at once; ``answer`` counted the request first, so a
             # scrape that follows the caller's error always includes it.
-            await context.abort(status_of(error), str(error))
+            await context.abort(status_of(error), str(error), ((REQUEST_ID_KEY, rid),))
         return result.to_proto()
 
     async def GetSigningKey(self, request: pb.GetSigningKeyRequest, context):

@@ -77,7 +77,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule", "tolerance", "record", "record_signature", "sound_noise")
+    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule", "tolerance", "record", "record_signature", "sound_noise", "request_id")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class PredictResponse(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     RECORD_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SOUND_NOISE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     label: str
     abstain: bool
@@ -134,7 +135,8 @@ class PredictResponse(_message.Message):
     record: bytes
     record_signature: bytes
     sound_noise: bool
-    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ..., tolerance: _Optional[float] = ..., record: _Optional[bytes] = ..., record_signature: _Optional[bytes] = ..., sound_noise: bool = ...) -> None: ...
+    request_id: str
+    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ..., tolerance: _Optional[float] = ..., record: _Optional[bytes] = ..., record_signature: _Optional[bytes] = ..., sound_noise: bool = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetSigningKeyRequest(_message.Message):
     __slots__ = ()
