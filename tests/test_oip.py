@@ -139,12 +139,7 @@ def test_admission_limits_hold_on_the_new_endpoints(linear_repo):
     args = ["--http-port", "0", "--max-concurrent-requests", "1", "--batch-size", "32",
             "--pipeline-depth", "1"]  # fmt: skip
     with ServerProcess(linear_repo, args) as server:
-        long = threading.Thread(target=lambda: _quietly(lambda: grpc_infer(server, X, n=1_000_000)))
-        long.start()
-        waited = time.monotonic() + 10
-        while metric(server.metrics_url, "smoothserve_requests_in_progress") < 1:
-            assert time.monotonic() < waited
-            time.sleep(0.05)
+        long = start_long_request(server)
         with pytest.raises(InferenceServerException) as grpc_refused:
             grpc_infer(server, X, n=100)
         assert grpc_refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
@@ -183,12 +178,7 @@ def test_readiness_flips_off_during_the_drain(linear_repo):
     with ServerProcess(linear_repo, args) as server:
         grpc_client, http = triton_grpc.InferenceServerClient(server.address), http_client(server)
         assert grpc_client.is_server_ready() and http.is_server_ready()
-        long = threading.Thread(target=lambda: _quietly(lambda: grpc_infer(server, X, n=1_000_000)))
-        long.start()
-        waited = time.monotonic() + 10
-        while metric(server.metrics_url, "smoothserve_requests_in_progress") < 1:
-            assert time.monotonic() < waited
-            time.sleep(0.05)
+        long = start_long_request(server)
         server.process.send_signal(signal.SIGTERM)
         waited = time.monotonic() + 10
         while http.is_server_ready():
@@ -196,9 +186,19 @@ def test_readiness_flips_off_during_the_drain(linear_repo):
             time.sleep(0.05)
         assert not grpc_client.is_server_ready() and not grpc_client.is_model_ready("linear")
         assert grpc_client.is_server_live() and http.is_server_live()
-        server.process.send_signal(signal.SIGINT)  # a second signal is not needed: just end it
         server.process.kill()
         long.join(30)
+
+
+def start_long_request(server) -> threading.Thread:
+    """A 1,000,000-sample ModelInfer in a thread, returned once the server has admitted it."""
+    long = threading.Thread(target=lambda: _quietly(lambda: grpc_infer(server, X, n=1_000_000)))
+    long.start()
+    waited = time.monotonic() + 10
+    while metric(server.metrics_url, "smoothserve_requests_in_progress") < 1:
+        assert time.monotonic() < waited
+        time.sleep(0.05)
+    return long
 
 
 def _quietly(call) -> None:
