@@ -47,13 +47,35 @@ def anytime_alpha(look: int, alpha: float) -> float:
 
 
 def upper_confidence_bound(successes: int, trials: int, alpha: float) -> float:
-    """One-sided (1 - alpha) Clopper-Pearson upper bound: the 1 - alpha quantile of
-    Beta(k + 1, n - k), and 1 when k = n."""
+    """One-sided (1 - alpha) Clopper-Pearson upper bound (Clopper and Pearson, Biometrika 1934):
+    the p that solves P[Binomial(n, p) <= k] = alpha, the 1 - alpha quantile of Beta(k + 1, n - k).
+
+    Guarantee: for every p, P[upper_confidence_bound(K, n, alpha) >= p] >= 1 - alpha when
+    K ~ Binomial(n, p).
+
+    Closed forms where they exist: 1 when k = n, and 1 - alpha ** (1 / n) when k = 0, computed
+    as -expm1(log(alpha) / n) so that it keeps its relative precision (1 - alpha ** (1 / n)
+    loses all of it for large n). Otherwise ``beta.isf(alpha, k + 1, n - k)``, not
+    ``beta.ppf(1 - alpha, ...)``, which is off by up to 2e-5 relative at alpha = 1e-15 (as
+    1 - alpha rounds). Above EXACT_SOLVE_ABOVE trials that quantile only starts a root solve on
+    the binomial tail, as for the lower bound (``certify.solve_on_tail``). ValueError for bad
+    arguments; BadState when the bound is not a number in [0, 1].
+    """
+    from .certify import EXACT_SOLVE_ABOVE, checked_bound, solve_on_tail
+
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError("need 0 <= successes <= trials and trials > 0")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must lie in (0, 1)")
     if successes == trials:
         return 1.0
-    return float(beta.ppf(1 - alpha, successes + 1, trials - successes))
+    if successes == 0:
+        value = -math.expm1(math.log(alpha) / trials)
+    else:
+        value = float(beta.isf(alpha, successes + 1, trials - successes))
+        if trials > EXACT_SOLVE_ABOVE:
+            value = solve_on_tail("upper", successes, trials, alpha, value)
+    return checked_bound(value, "upper", successes, trials, alpha)
 
 
 @dataclass(frozen=True)
