@@ -8,8 +8,12 @@ model that runs the same ``model.onnx`` with ONNX Runtime on the CPU. ``fp16=Tru
 ``TYPE_FP16`` inputs instead (the twin casts to float32 before ONNX Runtime), which is what an
 fp16-input export would declare in production.
 
-Command line: ``python -m smoothserve_dev.triton_twin --model-repo model_repo`` serves the twin
-until interrupted and prints its gRPC address.
+``samplers=True`` adds each model's sampler (``smoothserve.triton_sampler``, target ``cpu``:
+NumPy PCG64 noise in the sampler's stub, the network run by the twin through BLS), so that
+SmoothServe takes the sampler path for it.
+
+Command line: ``python -m smoothserve_dev.triton_twin --model-repo model_repo [--samplers]``
+serves the twin until interrupted and prints its gRPC address.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from google.protobuf import text_format
 from smoothserve import repository
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.schema.model_config_pb2 import DataType, InstanceGroup
+from smoothserve.triton_sampler import write_sampler
 
 # The Python-backend model every twin version runs (package data, copied into the twin).
 TWIN_MODEL = "twin_backend/model.py"
@@ -67,9 +72,12 @@ def build_twin_repository(
     fp16: bool = False,
     threads: int = 1,
     only: tuple[str, ...] = (),
+    samplers: bool = False,
+    sampler_options: dict | None = None,
 ) -> list[str]:
     """Write the twin of every model of ``model_repo`` (or of those in ``only``) under
-    ``dest``; return their names. Each twin model is one Python stub process in Triton."""
+    ``dest``, with its CPU sampler when ``samplers`` (``sampler_options``: ``write_sampler``'s
+    keywords); return the network names. Each twin model is one Python stub process."""
     dest.mkdir(parents=True, exist_ok=True)
     model_py = resources.files(__package__).joinpath(TWIN_MODEL).read_text()
     models = repository.scan(Path(model_repo)).ready
@@ -87,6 +95,8 @@ def build_twin_repository(
             link = version_dir / repository.MODEL_FILE
             if not link.exists():
                 link.symlink_to(Path(model.path).resolve())
+        if samplers:
+            write_sampler(config, sorted(versions), dest, "cpu", **(sampler_options or {}))
     return sorted(models)
 
 
@@ -268,9 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
     parser.add_argument("--fp16", action="store_true", help="declare FP16 inputs")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
+    parser.add_argument("--samplers", action="store_true", help="add each model's CPU sampler")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="triton-twin-") as tmp:
-        names = build_twin_repository(args.model_repo, Path(tmp), args.fp16, args.threads)
+        names = build_twin_repository(
+            args.model_repo, Path(tmp), args.fp16, args.threads, samplers=args.samplers
+        )
         with TritonProcess(Path(tmp)) as triton:
             # blocked only now: tritonserver would inherit the mask and ignore SIGTERM
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -13,11 +13,16 @@ the request's own generator, and no two samples share noise.
 - ``DeviceNoise``, for backends with ``generates_noise``: per segment, a seed drawn from the
   job's generator in cut order; the backend builds x + sigma * eps on its device from that
   seed alone. A seeded request is reproducible when it is cut into the same segments.
+- ``RemoteCounts``, for backends whose ``remote_sampling(model)`` is set (Triton with a sampler
+  model): per job a key of four 63-bit words drawn from the request's generator; each segment
+  sends the clean input, the key and its sample range [start, start + count), and the backend
+  returns the segment's vote counts. The noise of sample i is a function of the key and i
+  (``triton_sampler/model.py``), so a seeded request gets the same counts however it is cut.
 
 A job may ask for floating-point-sound noise (``sound_noise.py``): its x is then the input's
 lattice indices and ``HostNoise`` fills its rows with ``fill_sound_copies``; a segment whose
 draw was undecided is reported in ``Classified.refused`` and its votes must not count.
-``DeviceNoise`` refuses sound jobs.
+``DeviceNoise`` and ``RemoteCounts`` refuse sound jobs.
 
 At most ``slots`` batches are in flight (the pipeline depth): the scheduler takes a slot
 before cutting a batch and gives it back once the batch's classes are in.
@@ -34,7 +39,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, RemoteSampling
 from .errors import FailedPrecondition
 from .noise import NoiseStream, fill_noisy_copies
 from .repository import ModelVersion
@@ -54,15 +59,18 @@ class Segment(Generic[Source]):
 
 
 class Classified(NamedTuple):
-    classes: np.ndarray  # one class index per sample, in segment order
+    classes: np.ndarray | None  # one class index per sample, in segment order
     backend_seconds: float  # the backend's call alone, without the host fill
     refused: tuple[int, ...] = ()  # segments (positions) whose sound draws were undecided
+    counts: list[np.ndarray] | None = None  # instead of classes: votes per segment
 
 
 class NoiseStrategy(ABC, Generic[Source]):
     """Noise and classification of the batches of one model; ``slots`` batches in flight."""
 
     supports_sound_noise = False
+    batch_size: int | None = None  # samples per batch, when the strategy sets it
+    quantum = 1  # segments start at multiples of this where the cut allows
 
     def __init__(self, model: ModelVersion, backend: Backend, slots: int) -> None:
         self.model = model
@@ -191,6 +199,32 @@ class DeviceNoise(NoiseStrategy[np.random.Generator]):
         return Classified(classes, time.perf_counter() - started)
 
 
+class RemoteCounts(NoiseStrategy[tuple[int, ...]]):
+    """Noise, network and votes where the network runs (``count_noisy``): only the clean input,
+    the job's key and sample ranges go out, and K counts per segment come back."""
+
+    def __init__(
+        self, model: ModelVersion, backend: Backend, slots: int, remote: RemoteSampling
+    ) -> None:
+        super().__init__(model, backend, slots)
+        self.batch_size = remote.samples_per_call
+        self.quantum = remote.block
+
+    def source(self, rng: np.random.Generator, sound: bool = False) -> tuple[int, ...]:
+        if sound:
+            raise FailedPrecondition(
+                f"model {self.model.name!r} is sampled by Triton's sampler, which has no "
+                "floating-point-sound mode; serve it without the sampler for sound noise"
+            )
+        return tuple(int(word) for word in rng.integers(2**63, size=4))  # the job's key
+
+    async def classify(self, segments: list[Segment[tuple[int, ...]]]) -> Classified:
+        asked = [(s.x, s.noise, s.start, s.count) for s in segments]
+        started = time.perf_counter()
+        counts = await self.backend.count_noisy(self.model, asked)
+        return Classified(None, time.perf_counter() - started, counts=counts)
+
+
 def noise_strategy(
     model: ModelVersion,
     backend: Backend,
@@ -198,7 +232,11 @@ def noise_strategy(
     pipeline_depth: int,
     noise_threads: int = 1,
 ) -> NoiseStrategy[Any]:
-    """Device noise when the backend draws it (``generates_noise``), host noise otherwise."""
+    """Remote counts when the backend samples the model where it runs (``remote_sampling``),
+    device noise when it draws the noise (``generates_noise``), host noise otherwise."""
+    remote = backend.remote_sampling(model)
+    if remote is not None:
+        return RemoteCounts(model, backend, pipeline_depth, remote)
     if backend.generates_noise:
         return DeviceNoise(model, backend, pipeline_depth)
     return HostNoise(model, backend, pipeline_depth, batch_size, noise_threads)

@@ -8,8 +8,10 @@ request cannot starve small ones; the votes of each batch are added to each job'
 How the noise is made is the ``NoiseStrategy`` chosen at construction (``sampling.py``): on
 the host, where the noise of a job's sample i depends only on the job's key and i, so seeded
 requests are reproducible whatever the batching; or on the backend's device, from a seed per
-segment drawn in cut order. Noise is generated one batch at a time, never n copies at once,
-and at most ``pipeline_depth`` batches are in flight.
+segment drawn in cut order; or where the network runs (Triton's sampler), which returns each
+segment's votes instead of a class per sample, the batch then being the strategy's own (one
+call's samples) and shares whole blocks of its noise. Noise is generated one batch at a time,
+never n copies at once, and at most ``pipeline_depth`` batches are in flight.
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ class BatchScheduler:
         self.model = model
         self.backend = backend
         self.metrics = metrics
-        self.batch_size = batch_size
         self.noise: NoiseStrategy[Any] = noise_strategy(
             model, backend, batch_size, pipeline_depth, noise_threads
         )
+        # a strategy that sends no samples (remote counts) sets its own batch: one call's work
+        self.batch_size = self.noise.batch_size or batch_size
         self._jobs: deque[_Job] = deque()
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -180,6 +183,7 @@ class BatchScheduler:
             if not waiting:
                 break
             share = max(smallest, math.ceil(space / len(waiting)))
+            share = -(-share // self.noise.quantum) * self.noise.quantum  # whole blocks
             for job in waiting:
                 take = min(share, job.remaining, space)
                 start, taken = segments.get(job, (job.assigned, 0))
@@ -204,23 +208,21 @@ class BatchScheduler:
         size = sum(take for _, _, take in segments)
         try:
             batch = [Segment(job.x, job.noise, start, take) for job, start, take in segments]
-            classes, backend_seconds, refused = await self.noise.classify(batch)
-            self.metrics.backend_latency.labels(name, self.backend.name).observe(backend_seconds)
+            result = await self.noise.classify(batch)
+            refused = result.refused
+            self.metrics.backend_latency.labels(name, self.backend.name).observe(
+                result.backend_seconds
+            )
             self.metrics.noisy_samples.labels(name).inc(size)
             self.metrics.batch_size.labels(name).observe(size)
             self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
-            num_classes = self.model.config.num_classes
-            if len(classes) != size or (
-                size and not 0 <= classes.min() <= classes.max() < num_classes
-            ):
-                raise BadState(
-                    f"the backend returned {len(classes)} classes in [{classes.min(initial=0)}, "
-                    f"{classes.max(initial=0)}] for {size} samples of a {num_classes}-class model"
-                )
-            offset = 0
+            takes = [take for _, _, take in segments]
+            if result.counts is not None:
+                votes_of = self._checked_counts(result.counts, takes)
+            else:
+                votes_of = self._votes_of_classes(result.classes, takes)
             for position, (job, _, take) in enumerate(segments):
-                votes = np.bincount(classes[offset : offset + take], minlength=num_classes)
-                offset += take
+                votes = votes_of[position]
                 job.in_flight -= take
                 if job.on_classified is not None:
                     job.on_classified(take)
@@ -242,3 +244,39 @@ class BatchScheduler:
                 self._drop(job)
         finally:
             self.noise.release()
+
+    def _votes_of_classes(self, classes: np.ndarray, takes: list[int]) -> list[np.ndarray]:
+        """Each segment's votes from the class index of every sample of the batch."""
+        num_classes, size = self.model.config.num_classes, sum(takes)
+        if len(classes) != size or (size and not 0 <= classes.min() <= classes.max() < num_classes):
+            raise BadState(
+                f"the backend returned {len(classes)} classes in [{classes.min(initial=0)}, "
+                f"{classes.max(initial=0)}] for {size} samples of a {num_classes}-class model"
+            )
+        bounds = np.cumsum([0, *takes])
+        return [
+            np.bincount(classes[a:b], minlength=num_classes)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def _checked_counts(self, counts: list[np.ndarray], takes: list[int]) -> list[np.ndarray]:
+        """Votes per segment as a remote sampler returned them: K non-negative integers each,
+        summing to the segment's samples, or no certificate is made from them."""
+        num_classes = self.model.config.num_classes
+        if len(counts) != len(takes):
+            raise BadState(f"the backend returned {len(counts)} count vectors for {len(takes)}")
+        checked = []
+        for votes, take in zip(counts, takes, strict=True):
+            votes = np.asarray(votes)
+            if (
+                votes.shape != (num_classes,)
+                or votes.dtype.kind not in "iu"
+                or votes.min(initial=0) < 0
+                or int(votes.sum()) != take
+            ):
+                raise BadState(
+                    f"the backend returned votes {votes.tolist()} for {take} samples of a "
+                    f"{num_classes}-class model"
+                )
+            checked.append(votes.astype(np.int64))
+        return checked

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 
@@ -8,6 +9,15 @@ from ..model_config import ModelConfigError, SmoothModelConfig
 from ..repository import ModelStates, ModelVersion
 
 NoisySegment = tuple[np.ndarray, int, int]  # (clean input (C, H, W), count, seed < 2**63)
+# (clean input, the job's noise key (4 words < 2**63), index of the first sample, samples)
+CountSegment = tuple[np.ndarray, tuple[int, ...], int, int]
+
+
+class RemoteSampling(NamedTuple):
+    """How a backend that returns votes (``count_noisy``) wants a model's work cut."""
+
+    samples_per_call: int  # samples per scheduler batch (one call)
+    block: int  # segments start at multiples of this many samples where the cut allows
 
 
 class Backend(ABC):
@@ -15,6 +25,8 @@ class Backend(ABC):
 
     A backend whose ``generates_noise`` is True draws the noise itself, on its device: the
     scheduler then calls ``classify_noisy`` instead of ``classify`` and fills no host buffers.
+    A backend whose ``remote_sampling(model)`` is not None draws the noise, runs the network and
+    counts the votes where the network runs: the scheduler calls ``count_noisy``.
     """
 
     name: str
@@ -36,6 +48,20 @@ class Backend(ABC):
         ``model.config.sigma``; concatenated in segment order. Each segment's noise is drawn on
         the device and is a function of its whole seed alone."""
         raise NotImplementedError(f"backend {self.name!r} does not generate noise")
+
+    def remote_sampling(self, model: ModelVersion) -> RemoteSampling | None:
+        """Not None when the backend draws the noise, runs the network and counts the votes of
+        ``model`` remotely (Triton's sampler): the scheduler then calls ``count_noisy``."""
+        return None
+
+    async def count_noisy(
+        self, model: ModelVersion, segments: list[CountSegment]
+    ) -> list[np.ndarray]:
+        """Votes (int64, one per class) of f on samples [start, start + count) of each segment's
+        job, x + N(0, sigma^2 I) with sigma ``model.config.sigma``; the noise of sample i is a
+        function of the job's key and i alone. Raises BadState for votes that do not sum to the
+        samples asked for."""
+        raise NotImplementedError(f"backend {self.name!r} does not count votes remotely")
 
     async def ready(self) -> bool:
         return True

@@ -12,6 +12,13 @@ inputs). With ``--triton-fp16`` the batches travel as FP16, which the model's co
 declare (an fp16-input export); the rounding is then part of the base classifier f, so the
 certificate holds for exactly the network that runs. With ``--triton-shm`` the batches
 travel through POSIX shared memory registered with Triton (same host only).
+
+When Triton also serves a sampler for a model (``<model>_sampler``, written by
+``python -m smoothserve.triton_sampler``; found by its ``smoothserve_sampler_for`` parameter),
+that model takes the sampler path instead: per segment only the clean input, the job's noise
+key and the sample range go out, and K vote counts come back (``count_noisy``); the noise is
+drawn and the network run inside Triton. Endpoint choice, failover and timeouts are the same
+calls as the batch path's. Votes that do not sum to the samples asked for are ``BadState``.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from .. import repository
-from ..errors import DeadlineExceeded, NotFound, Unavailable
+from ..errors import BadState, DeadlineExceeded, NotFound, Unavailable
 from ..model_config import ModelConfigError, NotSmoothed, SmoothModelConfig
 from ..repository import ModelStates, ModelVersion
-from .base import Backend
+from ..triton_sampler import SAMPLER_PARAMETER
+from .base import Backend, CountSegment, RemoteSampling
 from .triton_pool import MAX_MESSAGE_BYTES, Endpoint, EndpointPool, describe
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,16 @@ class Wire:
     datatype: str
     dtype: np.dtype
     rows: int
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A model's sampler in Triton: its name and version, and how its work is cut."""
+
+    name: str
+    version: str
+    segments_per_call: int  # the sampler's max_batch_size
+    remote: RemoteSampling
 
 
 @dataclass
@@ -88,6 +106,7 @@ class TritonBackend(Backend):
             urls, probe_timeout_s=min(2.0, timeout_s), on_connect=self._on_connect
         )
         self._wire: dict[tuple[str, str], Wire] = {}
+        self._samplers: dict[tuple[str, str], Sampler] = {}
         self._slots: list[ShmSlot] = []
         self._free_slots: asyncio.Queue[ShmSlot] = asyncio.Queue()
 
@@ -137,6 +156,7 @@ class TritonBackend(Backend):
         states = ModelStates()
         models = states.ready
         skipped = []
+        samplers: dict[tuple[str, str], tuple[str, dict]] = {}  # (network, version) -> sampler
         for entry in index.get("models", []):
             name, version = entry.get("name", ""), entry.get("version", "")
             if entry.get("state") != "READY" or not version:
@@ -146,6 +166,10 @@ class TritonBackend(Backend):
                 name, version, as_json=True, client_timeout=self.timeout_s
             )
             raw = raw.get("config", raw)
+            parameters = raw.get("parameters", {})
+            if SAMPLER_PARAMETER in parameters:
+                samplers[(parameters[SAMPLER_PARAMETER]["string_value"], version)] = (name, raw)
+                continue
             try:
                 config = SmoothModelConfig.from_dict(raw)
             except NotSmoothed as exc:
@@ -171,12 +195,63 @@ class TritonBackend(Backend):
                 wire.datatype,
                 wire.rows,
             )
+        self._attach_samplers(endpoint, states, samplers)
         if not models and not states.failed:
             raise NotFound(
                 f"Triton {endpoint.url} serves no smoothed model (a ready model whose config has "
                 f"sigma and labels parameters); found: {', '.join(skipped) or 'no model'}"
             )
         return states
+
+    def _attach_samplers(
+        self, endpoint: Endpoint, states: ModelStates, samplers: dict[tuple[str, str], tuple]
+    ) -> None:
+        """Each ready model with a sampler of the same version takes the sampler path; a sampler
+        that does not fit its network fails the model (a wrong sampler must not certify)."""
+        for (network, version), (name, raw) in samplers.items():
+            model = states.ready.get(network, {}).get(version)
+            if model is None:
+                log.warning("Triton %s: sampler %s has no ready network %s version %s",
+                            endpoint.url, name, network, version)  # fmt: skip
+                continue
+            try:
+                sampler = self._sampler_of(model.config, name, version, raw)
+            except (KeyError, ValueError, TypeError) as exc:
+                del states.ready[network][version]
+                if not states.ready[network]:
+                    del states.ready[network]
+                states.fail(network, f"Triton's sampler {name} of {network}: {exc}")
+                continue
+            if model.config.sound_noise:
+                log.warning("%s asks for floating-point-sound noise, which the sampler has not: "
+                            "its batches go to Triton as noisy copies", network)  # fmt: skip
+                continue
+            self._samplers[(network, version)] = sampler
+            log.info("Triton %s: %s version %s sampled by %s (noise drawn in Triton, %d samples "
+                     "per call)", endpoint.url, network, version, name,
+                     sampler.remote.samples_per_call)  # fmt: skip
+
+    @staticmethod
+    def _sampler_of(config: SmoothModelConfig, name: str, version: str, raw: dict) -> Sampler:
+        parameters = {k: v["string_value"] for k, v in raw.get("parameters", {}).items()}
+        inputs = {i["name"]: [int(d) for d in i.get("dims", [])] for i in raw.get("input", [])}
+        outputs = {o["name"]: [int(d) for d in o.get("dims", [])] for o in raw.get("output", [])}
+        expected = {"INPUT": list(config.input_shape), "KEY": [4], "RANGE": [2], "SIGMA": [1]}
+        if inputs != expected:
+            raise ValueError(f"inputs {inputs}, expected {expected}")
+        if outputs != {"COUNTS": [config.num_classes]}:
+            raise ValueError(f"outputs {outputs}, expected COUNTS of {config.num_classes} votes")
+        remote = RemoteSampling(
+            samples_per_call=int(parameters["samples_per_call"]),
+            block=int(parameters["block_samples"]),
+        )
+        if remote.samples_per_call < 1 or remote.block < 1:
+            raise ValueError("samples_per_call and block_samples must be positive")
+        return Sampler(name, version, max(1, int(raw.get("max_batch_size", 1))), remote)
+
+    def remote_sampling(self, model: ModelVersion) -> RemoteSampling | None:
+        sampler = self._samplers.get((model.name, model.version))
+        return None if sampler is None else sampler.remote
 
     def _wire_for(self, config: SmoothModelConfig) -> Wire:
         data_type = config.input_data_type
@@ -300,7 +375,9 @@ class TritonBackend(Backend):
                 infer_input.set_shared_memory(slot.name, nbytes)
             else:
                 infer_input.set_data_from_numpy(rows.astype(wire.dtype, copy=False))
-            logits = await self._infer(model, infer_input, len(rows))
+            logits = (await self._infer(model, [infer_input], len(rows))).as_numpy(
+                model.config.output_name
+            )
         finally:
             if slot is not None:
                 self._free_slots.put_nowait(slot)
@@ -308,12 +385,67 @@ class TritonBackend(Backend):
             raise Unavailable(f"Triton returned logits of shape {logits.shape} for {model.name}")
         return logits.argmax(axis=1)
 
-    async def _infer(self, model: ModelVersion, infer_input, size: int) -> np.ndarray:
+    async def count_noisy(
+        self, model: ModelVersion, segments: list[CountSegment]
+    ) -> list[np.ndarray]:
+        sampler = self._samplers[(model.name, model.version)]
+        step = sampler.segments_per_call
+        parts = [segments[i : i + step] for i in range(0, len(segments), step)]
+        results = await asyncio.gather(*(self._count_rows(model, sampler, p) for p in parts))
+        return [votes for part in results for votes in part]
+
+    async def _count_rows(
+        self, model: ModelVersion, sampler: Sampler, segments: list[CountSegment]
+    ) -> list[np.ndarray]:
+        """One sampler call: a row per segment (clean input, key, range, sigma), votes back."""
+        rows = len(segments)
+        arrays = {
+            "INPUT": ("FP32", np.stack([x for x, _, _, _ in segments]).astype(np.float32)),
+            "KEY": ("UINT64", np.array([key for _, key, _, _ in segments], np.uint64)),
+            "RANGE": ("INT64", np.array([[s, c] for _, _, s, c in segments], np.int64)),
+            "SIGMA": ("FP32", np.full((rows, 1), model.config.sigma, np.float32)),
+        }
+        inputs = []
+        for name, (datatype, array) in arrays.items():
+            infer_input = triton_grpc.InferInput(name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        size = sum(count for _, _, _, count in segments)
+        result = await self._infer(
+            model, inputs, size, target=(sampler.name, sampler.version), output="COUNTS"
+        )
+        counts = result.as_numpy("COUNTS")
+        expected = [count for _, _, _, count in segments]
+        if (
+            counts is None
+            or counts.shape != (rows, model.config.num_classes)
+            or counts.dtype != np.int64
+            or counts.min(initial=0) < 0
+            or counts.sum(axis=1).tolist() != expected
+        ):
+            got = None if counts is None else counts.tolist()
+            raise BadState(
+                f"Triton's sampler {sampler.name} returned votes {got} for segments of "
+                f"{expected} samples; no certificate is made from them"
+            )
+        return list(counts)
+
+    async def _infer(
+        self,
+        model: ModelVersion,
+        inputs: list,
+        size: int,
+        target: tuple[str, str] | None = None,
+        output: str | None = None,
+    ):
         """Send to the least busy endpoint; on an endpoint failure, take it out and try the
-        next one. Each endpoint is tried at most once per batch, so nothing waits forever."""
+        next one. Each endpoint is tried at most once per batch, so nothing waits forever.
+        ``target``: the Triton model (name, version) to call, the network's by default."""
+        name, version = target or (model.name, model.version)
+        output_name = output or model.config.output_name
         tried: set[Endpoint] = set()
         errors: list[tuple[str, str]] = []  # (status, message)
-        output = triton_grpc.InferRequestedOutput(model.config.output_name)
+        requested = triton_grpc.InferRequestedOutput(output_name)
         while True:
             try:
                 endpoint = await self.pool.pick(tried)
@@ -324,14 +456,13 @@ class TritonBackend(Backend):
             client = endpoint.client
             try:
                 assert client is not None
-                result = await client.infer(
-                    model.name,
-                    [infer_input],
-                    model_version=model.version,
-                    outputs=[output],
+                return await client.infer(
+                    name,
+                    inputs,
+                    model_version=version,
+                    outputs=[requested],
                     client_timeout=self.timeout_s,
                 )
-                return result.as_numpy(model.config.output_name)
             except InferenceServerException as exc:
                 status = (exc.status() or "").replace("StatusCode.", "")
                 if MODEL_MISSING in str(exc.message()):
