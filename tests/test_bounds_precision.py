@@ -271,15 +271,10 @@ def test_bounds_move_with_alpha(k: int, n: int) -> None:
 
 
 def _break_scipy_quantiles(monkeypatch, value: float) -> None:
-    """SciPy's Beta quantiles as the bounds call them, returning ``value``."""
-
-    class BrokenBeta:
-        @staticmethod
-        def isf(*args: object) -> float:
-            return value
-
+    """SciPy's Beta quantiles as the bounds call them (scipy.special, shared by both
+    modules), returning ``value``."""
     monkeypatch.setattr(certify_module.special, "betaincinv", lambda *args: value)
-    monkeypatch.setattr(sequential_module, "beta", BrokenBeta)
+    monkeypatch.setattr(sequential_module.special, "betainccinv", lambda *args: value)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -0.25, 1.5])

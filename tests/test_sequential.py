@@ -23,7 +23,9 @@ from smoothserve.sequential import (
     anytime_alpha,
     anytime_look,
     look_schedule,
+    target_levels,
     target_radius_look,
+    target_schedule,
     upper_confidence_bound,
 )
 from smoothserve_client import SmoothServeClient, SmoothServeError
@@ -68,23 +70,97 @@ def test_upper_bound_against_the_binomial_tail(k, n, alpha):
     assert upper_confidence_bound(n, n, alpha) == 1.0
 
 
+S12 = look_schedule(64, 100_000)  # 64, 128, ..., 65536, 100000: 12 looks
+
+
 def test_target_look_closed_form_for_unanimous_votes():
     """k = n: the lower bound is (alpha / K)^(1/n), so with sigma = 0.5 and r = 0.5 (threshold
-    Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks."""
-    look = target_radius_look(64, 64, 1, 12, 0.5, 0.5, 0.001)
+    Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks, all of which
+    can certify (each gets alpha / 12)."""
+    assert target_levels(S12, 0.5, 0.5, 0.001) == (0.001 / 12,) * 12
+    look = target_radius_look(64, 64, 1, S12, 0.5, 0.5, 0.001)
     assert look.decision == "certified"
     assert math.isclose(look.p_a_lower, (0.001 / 12) ** (1 / 64), rel_tol=1e-12)
     assert math.isclose(look.radius, 0.5 * PHI.inv_cdf((0.001 / 12) ** (1 / 64)), rel_tol=1e-9)
     assert look.look_alpha == 0.001 / 12
-    # 40 unanimous votes would certify at a single look, not at 12: the union bound's price
-    assert target_radius_look(40, 40, 1, 12, 0.5, 0.5, 0.001).decision == "continue"
-    assert target_radius_look(40, 40, 1, 1, 0.5, 0.5, 0.001).decision == "certified"
+    # 40 unanimous votes certify at a single look, not as the first of several looks: 40 is
+    # below what any level the split could give it needs, so that look gets no alpha at all
+    later = look_schedule(40, 100_000)
+    assert target_levels(later, 0.5, 0.5, 0.001)[0] == 0.0
+    assert target_radius_look(40, 40, 1, later, 0.5, 0.5, 0.001).decision == "continue"
+    assert target_radius_look(40, 40, 1, (40,), 0.5, 0.5, 0.001).decision == "certified"
 
 
 def test_target_look_abstains_early_and_at_the_last_look():
-    assert target_radius_look(40, 64, 1, 12, 0.5, 0.5, 0.001).decision == "abstain"  # hopeless
-    assert target_radius_look(60, 64, 1, 12, 0.5, 0.5, 0.001).decision == "continue"
-    assert target_radius_look(60, 64, 12, 12, 0.5, 0.5, 0.001).decision == "abstain"  # the cap
+    assert target_radius_look(40, 64, 1, S12, 0.5, 0.5, 0.001).decision == "abstain"  # hopeless
+    assert target_radius_look(60, 64, 1, S12, 0.5, 0.5, 0.001).decision == "continue"
+    assert target_radius_look(60, 64, 1, (64,), 0.5, 0.5, 0.001).decision == "abstain"  # the cap
+
+
+def independent_levels(schedule, target, sigma, alpha):
+    """The split, from its definition: the largest m such that at least m looks can certify
+    at alpha / m, where a look of n samples can iff (alpha / m) ** (1 / n) > Phi(r / sigma)."""
+    threshold = PHI.cdf(target / sigma)
+    for m in range(len(schedule), 0, -1):
+        able = [k for k, n in enumerate(schedule) if (alpha / m) ** (1 / n) > threshold]
+        if len(able) >= m:
+            return [alpha / m if k in able[-m:] else 0.0 for k in range(len(schedule))]
+    return [0.0] * len(schedule)
+
+
+@pytest.mark.parametrize("sigma, target", [(0.25, 0.25), (0.25, 0.5), (0.25, 0.75),
+                                           (0.25, 1.0), (0.5, 0.75), (0.5, 1.0)])  # fmt: skip
+def test_alpha_goes_only_to_looks_that_can_certify(sigma, target):
+    levels = target_levels(S12, target, sigma, 0.001)
+    assert list(levels) == pytest.approx(independent_levels(S12, target, sigma, 0.001))
+    assert sum(levels) <= 0.001 * (1 + 1e-12)
+    threshold = PHI.cdf(target / sigma)
+    for n, level in zip(S12, levels, strict=True):  # a look with alpha can certify with it
+        assert level == 0.0 or lower_confidence_bound(n, n, level) > threshold
+
+
+def test_an_unreachable_target_abstains_at_the_first_look():
+    """sigma = 0.25, r = 1: Phi(4) needs 0.001 ** (1 / n) > 0.99997, n > 218,000: beyond the
+    cap, so no look gets alpha and the first look abstains, whatever the votes."""
+    assert target_levels(S12, 1.0, 0.25, 0.001) == (0.0,) * 12
+    assert target_radius_look(64, 64, 1, S12, 1.0, 0.25, 0.001).decision == "abstain"
+
+
+def test_futility_abstains_once_no_later_look_can_certify():
+    """sigma = 0.25, r = 0.75, cap 8192: only the last two looks (5627 and 8192 samples, at
+    alpha / 2) can certify Phi(3); 2 votes lost at the first look leave even 8190 of 8192
+    short, so it abstains at once, where the upper bound alone would still continue."""
+    sigma, target, alpha = 0.25, 0.75, 0.001
+    schedule = target_schedule(64, 8192, target, sigma, alpha)
+    levels = target_levels(schedule, target, sigma, alpha)
+    threshold = PHI.cdf(target / sigma)
+
+    def can_still_certify(lost: int) -> bool:  # from the definition, with every vote to c_A
+        return any(lower_confidence_bound(size - lost, size, v) > threshold
+                   for size, v in zip(schedule, levels, strict=True) if v)  # fmt: skip
+
+    assert not can_still_certify(2) and can_still_certify(0)
+    assert upper_confidence_bound(62, 64, alpha / len(schedule)) > threshold
+    assert target_radius_look(62, 64, 1, schedule, target, sigma, alpha).decision == "abstain"
+    assert target_radius_look(64, 64, 1, schedule, target, sigma, alpha).decision == "continue"
+
+
+@pytest.mark.parametrize("sigma, target", [(0.25, 0.5), (0.25, 0.75), (0.5, 0.75), (0.5, 1.0)])
+def test_the_target_schedule_starts_certifying_at_the_fewest_samples(sigma, target):
+    """The first look with alpha is the fewest samples that can certify at its level, so a
+    unanimous input stops there; the looks before it can only abstain."""
+    alpha = 0.001
+    schedule = target_schedule(64, 100_000, target, sigma, alpha)
+    levels = target_levels(schedule, target, sigma, alpha)
+    first = next(k for k, v in enumerate(levels) if v)
+    n = schedule[first]
+    threshold = PHI.cdf(target / sigma)
+    assert lower_confidence_bound(n, n, levels[first]) > threshold
+    assert lower_confidence_bound(n - 1, n - 1, levels[first]) <= threshold
+    assert target_radius_look(n, n, first + 1, schedule, target, sigma, alpha).decision == (
+        "certified"
+    )
+    assert schedule[-1] == 100_000 and list(schedule) == sorted(set(schedule))
 
 
 def test_anytime_look_bound_and_stopping():
@@ -112,17 +188,19 @@ def run_target_test(counts: np.ndarray, schedule, target, sigma, alpha) -> list[
     decisions = []
     for row in counts:
         for k, (count, n) in enumerate(zip(row, schedule, strict=True), 1):
-            look = target_radius_look(int(count), n, k, len(schedule), target, sigma, alpha)
+            look = target_radius_look(int(count), n, k, schedule, target, sigma, alpha)
             if look.decision != "continue":
                 decisions.append(look.decision)
                 break
     return decisions
 
 
-def test_target_radius_false_certificates_stay_within_alpha():
+@pytest.mark.parametrize("schedule_of", ["doubling", "target"])
+def test_target_radius_false_certificates_stay_within_alpha(schedule_of):
     """p_A just below Phi(r / sigma): every run that says "certified" is a false certificate."""
     alpha, sigma, target, runs = 0.05, 0.25, 0.25, 4000
-    schedule = look_schedule(32, 4096)
+    schedule = (look_schedule(32, 4096) if schedule_of == "doubling"
+                else target_schedule(32, 4096, target, sigma, alpha))  # fmt: skip
     p = norm.cdf(target / sigma) - 1e-4
     decisions = run_target_test(
         simulate_counts(p, schedule, runs, 1), schedule, target, sigma, alpha

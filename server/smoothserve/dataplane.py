@@ -343,7 +343,12 @@ class DataPlane:
         procedure's test, stopping as soon as it decides, at the cap, or (anytime) before the
         deadline."""
         sigma, candidate = model.config.sigma, int(np.argmax(selection))
-        schedule = sequential.look_schedule(self.config.first_look, cap)
+        if request.procedure == sequential.TARGET:
+            schedule = sequential.target_schedule(
+                self.config.first_look, cap, request.target_radius, sigma, alpha
+            )
+        else:
+            schedule = sequential.look_schedule(self.config.first_look, cap)
         counts = np.zeros(model.config.num_classes, np.int64)
         look, decided, drawn, seconds_per_sample = None, 0, 0, 0.0
         for k, size in enumerate(schedule, 1):
@@ -362,7 +367,7 @@ class DataPlane:
             with span("statistics", procedure=request.procedure, look=k):
                 if request.procedure == sequential.TARGET:
                     look = sequential.target_radius_look(
-                        int(counts[candidate]), drawn, k, len(schedule), request.target_radius,
+                        int(counts[candidate]), drawn, k, schedule, request.target_radius,
                         sigma, alpha,
                     )  # fmt: skip
                 else:

@@ -91,7 +91,7 @@ def sequential_look(record: dict, count_a: int, problems: list[str]) -> sequenti
         return None
     if record["procedure"] == sequential.TARGET:
         return sequential.target_radius_look(
-            count_a, n, looks, len(schedule), record["target_radius"], record["sigma"],
+            count_a, n, looks, tuple(schedule), record["target_radius"], record["sigma"],
             record["alpha"],
         )  # fmt: skip
     if record["procedure"] == sequential.ANYTIME:
