@@ -33,10 +33,12 @@ def repo(tmp_path_factory) -> Path:
     return write_repo(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="module")
-def twin_repo(repo, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=[False, True], ids=["batches", "sampler"])
+def twin_repo(repo, tmp_path_factory, request) -> Path:
+    """The twin of ``linear``: noisy batches from SmoothServe, or noise drawn by its sampler."""
     require_tritonserver()
-    return twin(repo, tmp_path_factory.mktemp("twin"), only=("linear",))
+    dest = tmp_path_factory.mktemp("twin")
+    return twin(repo, dest, only=("linear",), samplers=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,18 @@ def write_repo(repo: Path) -> Path:
     return repo
 
 
-def twin(repo: Path, dest: Path, fp16: bool = False, only: tuple[str, ...] = ()) -> Path:
-    build_twin_repository(repo, dest, fp16=fp16, only=only)
+def twin(
+    repo: Path,
+    dest: Path,
+    fp16: bool = False,
+    only: tuple[str, ...] = (),
+    samplers: bool = False,
+    sampler_options: dict | None = None,
+) -> Path:
+    """The CPU twin of ``repo``; ``samplers``: with each model's CPU sampler."""
+    build_twin_repository(
+        repo, dest, fp16=fp16, only=only, samplers=samplers, sampler_options=sampler_options
+    )
     return dest
 
 
