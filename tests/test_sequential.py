@@ -20,6 +20,7 @@ from test_linear_radius import point_at, true_radius
 
 from smoothserve.certify import lower_confidence_bound
 from smoothserve.sequential import (
+    EARLY_ABSTAIN_LEVEL,
     anytime_alpha,
     anytime_look,
     look_schedule,
@@ -127,11 +128,11 @@ def test_an_unreachable_target_abstains_at_the_first_look():
 
 
 def test_futility_abstains_once_no_later_look_can_certify():
-    """sigma = 0.25, r = 0.75, cap 8192: only the last two looks (5627 and 8192 samples, at
-    alpha / 2) can certify Phi(3); 2 votes lost at the first look leave even 8190 of 8192
-    short, so it abstains at once, where the upper bound alone would still continue."""
+    """sigma = 0.25, r = 0.75, cap 5200: only the cap can certify Phi(3) (it needs n > 5114 at
+    alpha), and only with every vote; one vote lost at the first look leaves it short, so the
+    test abstains at once, where the upper bound alone would still continue."""
     sigma, target, alpha = 0.25, 0.75, 0.001
-    schedule = target_schedule(64, 8192, target, sigma, alpha)
+    schedule = target_schedule(64, 5200, target, sigma, alpha)
     levels = target_levels(schedule, target, sigma, alpha)
     threshold = PHI.cdf(target / sigma)
 
@@ -139,9 +140,9 @@ def test_futility_abstains_once_no_later_look_can_certify():
         return any(lower_confidence_bound(size - lost, size, v) > threshold
                    for size, v in zip(schedule, levels, strict=True) if v)  # fmt: skip
 
-    assert not can_still_certify(2) and can_still_certify(0)
-    assert upper_confidence_bound(62, 64, alpha / len(schedule)) > threshold
-    assert target_radius_look(62, 64, 1, schedule, target, sigma, alpha).decision == "abstain"
+    assert not can_still_certify(1) and can_still_certify(0)
+    assert upper_confidence_bound(63, 64, EARLY_ABSTAIN_LEVEL) > threshold
+    assert target_radius_look(63, 64, 1, schedule, target, sigma, alpha).decision == "abstain"
     assert target_radius_look(64, 64, 1, schedule, target, sigma, alpha).decision == "continue"
 
 
@@ -371,14 +372,16 @@ def small_batch_server(linear_repo):
 
 
 def test_live_target_radius_deadline_and_cancellation_release_the_budget(small_batch_server):
-    """A borderline input runs a target-radius request to its cap: a short deadline stops it
-    with DEADLINE_EXCEEDED, its samples are counted as abandoned and the gauge returns to 0."""
+    """A borderline input (true radius 0.2, target 0.198: p_A a hair above the threshold, so
+    neither certified nor hopeless for hundreds of thousands of samples) runs a target-radius
+    request towards its cap: a short deadline stops it with DEADLINE_EXCEEDED, its samples are
+    counted as abandoned and the gauge returns to 0."""
     server = small_batch_server
     x = point_at(0.2, 1)
     abandoned = metric(server.metrics_url, "smoothserve_samples_abandoned_total")
     with SmoothServeClient(server.address) as client, pytest.raises(SmoothServeError) as late:
         client.predict("linear", x, n0=32, n=400_000, alpha=0.001, procedure="target_radius",
-                       target_radius=0.2, timeout=0.3)  # fmt: skip
+                       target_radius=0.198, timeout=0.3)  # fmt: skip
     assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     deadline = time.monotonic() + 5
     while metric(server.metrics_url, "smoothserve_samples_in_flight") != 0:
