@@ -3,6 +3,7 @@ clients, unmodified: tritonclient.grpc and tritonclient.http."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -19,8 +20,12 @@ import tritonclient.http as triton_http
 from conftest import LINEAR_SHAPE
 from servers import metric
 from test_linear_radius import point_at
+from tritonclient.grpc import service_pb2 as oip_pb
 from tritonclient.utils import InferenceServerException
 
+from smoothserve.app import Server
+from smoothserve.config import ServerConfig
+from smoothserve.transport import oip_rest
 from smoothserve_client import SmoothServeClient
 from smoothserve_dev.testing import ServerProcess
 
@@ -213,3 +218,50 @@ def test_sound_noise_travels_as_a_parameter(oip_server):
     with pytest.raises(InferenceServerException) as off_lattice:
         grpc_infer(oip_server, X, n=1000, sound_noise=True)
     assert off_lattice.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_model_config_describes_the_smoothed_model(oip_server):
+    config = triton_grpc.InferenceServerClient(oip_server.address).get_model_config("linear").config
+    assert config.name == "linear" and config.platform == "smoothserve"
+    assert config.max_batch_size == 1 and list(config.input[0].dims) == list(LINEAR_SHAPE)
+    assert [o.name for o in config.output][:3] == ["prediction", "abstain", "radius"]
+
+
+def test_readiness_is_off_until_start_up_ends(linear_repo):
+    """In process: while start-up is still under way (held at its last step, the REST port),
+    the gRPC port answers ServerReady false; once it ends, true."""
+    config = ServerConfig.from_args(
+        ["--model-repo", str(linear_repo), "--port", "0", "--metrics-port", "-1",
+         "--http-port", "0", "--host", "127.0.0.1"], environ={},
+    )  # fmt: skip
+
+    async def scenario() -> tuple[bool, bool]:
+        server = Server(config)
+        release, holding = asyncio.Event(), asyncio.Event()
+        original = oip_rest.RestServer.start
+
+        async def held_start(self, *args):  # the gRPC port is serving by now
+            holding.set()
+            await release.wait()
+            return await original(self, *args)
+
+        oip_rest.RestServer.start = held_start
+        try:
+            starting = asyncio.ensure_future(server.start())
+            await asyncio.wait_for(holding.wait(), 60)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                ready = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ServerReady",
+                    request_serializer=oip_pb.ServerReadyRequest.SerializeToString,
+                    response_deserializer=oip_pb.ServerReadyResponse.FromString,
+                )
+                during = (await ready(oip_pb.ServerReadyRequest())).ready
+                release.set()
+                await starting
+                after = (await ready(oip_pb.ServerReadyRequest())).ready
+            return during, after
+        finally:
+            oip_rest.RestServer.start = original
+            await server.stop(grace=0)
+
+    assert asyncio.run(scenario()) == (False, True)

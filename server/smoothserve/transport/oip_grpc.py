@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as oip_pb
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
@@ -88,6 +89,26 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             inputs=[tensor(name=name, datatype=datatype, shape=shape)],
             outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in oip.metadata_outputs(info)],
         )  # fmt: skip
+
+    async def ModelConfig(self, request, context):
+        """A Triton-style config of the smoothed model as OIP clients see it: one input, batch
+        of 1 (each request certifies one input), and the output tensors. Load tools such as
+        perf_analyzer read it before they start."""
+        try:
+            info = self.plane.model_info(request.name, request.version)
+        except SmoothServeError as error:
+            await context.abort(status_of(error), str(error))
+        types = {"INT32": config_pb.TYPE_INT32, "INT64": config_pb.TYPE_INT64,
+                 "FP64": config_pb.TYPE_FP64, "FP32": config_pb.TYPE_FP32,
+                 "BOOL": config_pb.TYPE_BOOL, "BYTES": config_pb.TYPE_STRING}  # fmt: skip
+        name, datatype, shape = oip.metadata_input(info)
+        config = config_pb.ModelConfig(
+            name=info.name, platform=oip.PLATFORM, max_batch_size=1,
+            input=[config_pb.ModelInput(name=name, data_type=types[datatype], dims=shape[1:])],
+            output=[config_pb.ModelOutput(name=n, data_type=types[d], dims=s)
+                    for n, d, s in oip.metadata_outputs(info)],
+        )  # fmt: skip
+        return oip_pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, context):
         def make_input():
