@@ -148,6 +148,16 @@ def test_known_radius_model_certifies_within_its_true_radius(via_sampler):
                     assert 0.8 * truth < r.radius <= truth, (distance, r.radius, truth)
 
 
+def test_sound_noise_is_refused_on_the_sampler_path(via_sampler):
+    pixels = np.full(SHAPE, 128, np.uint8)  # on the 8-bit lattice, as sound noise needs
+    with SmoothServeClient(via_sampler.address, timeout=30) as client:
+        with pytest.raises(SmoothServeError) as refused:
+            client.predict("linear", pixels, n0=10, n=100, sound_noise=True)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION, refused.value
+        assert "floating-point-sound" in refused.value.details
+        assert sum(client.predict("linear", pixels, n0=10, n=100).counts) == 100
+
+
 def _assert_sampling_stopped(server: ServerProcess, before: float, n: int) -> None:
     time.sleep(0.5)  # a call already in Triton may still land
     settled = metric(server.metrics_url, SAMPLES)
