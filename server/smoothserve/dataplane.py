@@ -315,9 +315,10 @@ class DataPlane:
         scheduler = self.schedulers[(model.name, model.version)]
         if sound and not scheduler.noise.supports_sound_noise:
             raise FailedPrecondition(
-                f"backend {self.backend_name!r} draws the noise on its device and has no "
-                "floating-point-sound mode; sound noise needs a host-noise backend (onnxruntime, "
-                "triton)"
+                f"model {model.name!r} has its noise drawn outside this server (backend "
+                f"{self.backend_name!r}: on its device, or by a Triton sampler), which has no "
+                "floating-point-sound mode; sound noise needs host noise (onnxruntime, or triton "
+                "without a sampler for the model)"
             )
         return sound
 
