@@ -4,8 +4,6 @@ missing models, unreachable endpoints, and one request split over two Tritons.""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,16 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from google.protobuf import text_format
 from servers import metric
-from triton_helpers import SHAPE, near_boundary, require_tritonserver, twin, weights, write_repo
+from triton_helpers import (
+    SHAPE,
+    check_hung_triton_gives_deadline_exceeded_then_recovers,
+    near_boundary,
+    require_tritonserver,
+    triton_args,
+    twin,
+    weights,
+    write_repo,
+)
 
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.errors import Unavailable
@@ -62,9 +69,6 @@ def explicit_triton(repo, tmp_path_factory):
     with TritonProcess(dest, extra_args=explicit) as triton:
         yield triton
 
-
-def triton_args(*urls: str) -> list[str]:
-    return ["--backend", "triton", "--triton-urls", ",".join(urls), "--triton-timeout-s", "10"]
 
 
 def test_killing_triton_mid_certification_fails_fast_and_recovers(repo, twin_repo):
@@ -113,35 +117,10 @@ def test_killing_triton_mid_certification_fails_fast_and_recovers(repo, twin_rep
         client.close()
 
 
-def eventually(call, seconds: float = 15.0):
-    """``call()`` once it stops raising UNAVAILABLE (a probe of a just-resumed server may
-    itself time out on a loaded machine), or its last error."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except SmoothServeError as error:
-            if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_hung_triton_gives_deadline_exceeded_then_recovers(repo, explicit_triton):
-    triton = explicit_triton
-    args = [*triton_args(triton.url), "--triton-timeout-s", "2"]
-    with ServerProcess(repo, args) as server, SmoothServeClient(server.address) as client:
-        assert client.predict("linear", X, n0=10, n=100, timeout=30).n == 100
-        # tritonserver alone (its Python stubs keep running): alive, accepting, never answering
-        os.kill(triton.process.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            with pytest.raises(SmoothServeError) as hung:
-                client.predict("linear", X, n0=10, n=100, timeout=30)
-            assert hung.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, hung.value
-            assert time.monotonic() - started < 8.0
-        finally:
-            os.kill(triton.process.pid, signal.SIGCONT)
-        assert eventually(lambda: client.predict("linear", X, n0=10, n=100, timeout=30)).n == 100
+    check_hung_triton_gives_deadline_exceeded_then_recovers(repo, explicit_triton, X)
 
 
 def test_triton_without_smoothed_models_is_refused_at_start(repo, explicit_triton):

@@ -5,8 +5,6 @@ only vote counts come back."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -19,7 +17,16 @@ import tritonclient.grpc as triton_grpc
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
 from servers import metric
 from test_linear_radius import point_at, true_radius
-from triton_helpers import SHAPE, near_boundary, require_tritonserver, twin, weights, write_repo
+from triton_helpers import (
+    SHAPE,
+    check_hung_triton_gives_deadline_exceeded_then_recovers,
+    near_boundary,
+    require_tritonserver,
+    triton_args,
+    twin,
+    weights,
+    write_repo,
+)
 
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.errors import BadState
@@ -54,9 +61,6 @@ def triton(repo, tmp_path_factory):
     with TritonProcess(dest) as process:
         yield process
 
-
-def triton_args(*urls: str) -> list[str]:
-    return ["--backend", "triton", "--triton-urls", ",".join(urls), "--triton-timeout-s", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -269,24 +273,6 @@ def test_votes_not_summing_to_the_samples_are_an_error(repo, tmp_path):
 
 def test_hung_triton_gives_deadline_exceeded_then_recovers(repo, triton):
     """Last: it stops the module's Triton for a while."""
-    args = [*triton_args(triton.url), "--triton-timeout-s", "2"]
-    with ServerProcess(repo, args) as server, SmoothServeClient(server.address) as client:
-        assert client.predict("linear", X, n0=10, n=100, timeout=30).n == 100
-        os.kill(triton.process.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            with pytest.raises(SmoothServeError) as hung:
-                client.predict("linear", X, n0=10, n=100, timeout=30)
-            assert hung.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, hung.value
-            assert time.monotonic() - started < 8.0
-        finally:
-            os.kill(triton.process.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                assert client.predict("linear", X, n0=10, n=100, timeout=30).n == 100
-                break
-            except SmoothServeError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    check_hung_triton_gives_deadline_exceeded_then_recovers(repo, triton, X)
+
+

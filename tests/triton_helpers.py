@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from smoothserve.model_config import SmoothModelConfig
+from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.models import write_linear_model
+from smoothserve_dev.testing import ServerProcess
 from smoothserve_dev.triton_twin import build_twin_repository, tritonserver_home
 
 SHAPE = (1, 8, 8)
@@ -64,3 +69,38 @@ def near_boundary(shape: tuple[int, ...], w: np.ndarray, margin: float) -> np.nd
     x = x - (np.sum(w * x) - margin) * w / np.sum(w * w)
     assert x.min() >= 0 and x.max() <= 1
     return x.astype(np.float32)
+
+
+def triton_args(*urls: str) -> list[str]:
+    return ["--backend", "triton", "--triton-urls", ",".join(urls), "--triton-timeout-s", "10"]
+
+
+def eventually(call, seconds: float = 15.0):
+    """``call()`` once it stops raising UNAVAILABLE (a probe of a just-resumed server may
+    itself time out on a loaded machine), or its last error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except SmoothServeError as error:
+            if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def check_hung_triton_gives_deadline_exceeded_then_recovers(repo, triton, x) -> None:
+    """With tritonserver stopped (SIGSTOP: alive, accepting, never answering), a request gets
+    DEADLINE_EXCEEDED within a few seconds; once it resumes, requests are served again."""
+    args = [*triton_args(triton.url), "--triton-timeout-s", "2"]
+    with ServerProcess(repo, args) as server, SmoothServeClient(server.address) as client:
+        assert client.predict("linear", x, n0=10, n=100, timeout=30).n == 100
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(SmoothServeError) as hung:
+                client.predict("linear", x, n0=10, n=100, timeout=30)
+            assert hung.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, hung.value
+            assert time.monotonic() - started < 8.0
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        assert eventually(lambda: client.predict("linear", x, n0=10, n=100, timeout=30)).n == 100
