@@ -12,9 +12,11 @@ import pytest
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import metric
 
 from smoothserve.repository import sha256_of
-from smoothserve_client import SmoothServeError
+from smoothserve_client import SmoothServeClient, SmoothServeError
+from smoothserve_dev.testing import ServerProcess
 
 
 def grey() -> np.ndarray:
@@ -143,3 +145,15 @@ def test_unknown_model_names_do_not_become_metric_labels(server, client) -> None
     labels = {key for key in scrape(server) if key.startswith("smoothserve_requests_total")}
     assert not any("resnet" in key or "xxxx" in key for key in labels)
     assert any('model="(unknown)"' in key for key in labels)
+
+
+def test_channel_options_spread_requests_over_servers(linear_repo):
+    """Client-side round robin over two servers (as over the pods behind a headless Service):
+    every server gets requests."""
+    with ServerProcess(linear_repo) as a, ServerProcess(linear_repo) as b:
+        address = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
+        with SmoothServeClient(address, channel_options=[("grpc.lb_policy_name", "round_robin")]) as client:
+            for _ in range(6):
+                client.predict("linear", grey(), n0=10, n=100)
+        served = [metric(s.metrics_url, "smoothserve_noisy_samples_total") for s in (a, b)]
+    assert all(count > 0 for count in served), served

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 import numpy as np
 
@@ -44,7 +46,9 @@ class SmoothServeClient:
     """Blocking client; safe to share between threads.
 
     ``tls_ca``/``tls_cert``/``tls_key`` (PEM bytes) enable TLS and mutual TLS; ``token`` is
-    sent as ``authorization: Bearer <token>``.
+    sent as ``authorization: Bearer <token>``. ``channel_options`` go to the gRPC channel, for
+    example client-side round robin over the pods behind a headless Service
+    (``dns:///smoothserve:50051`` with ``("grpc.lb_policy_name", "round_robin")``).
     """
 
     def __init__(
@@ -56,10 +60,12 @@ class SmoothServeClient:
         tls_key: bytes | None = None,
         token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, object]] = (),
     ) -> None:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *channel_options,
         ]
         if tls_ca or tls_cert:
             credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
