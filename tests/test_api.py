@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,3 +158,22 @@ def test_channel_options_spread_requests_over_servers(linear_repo):
                 client.predict("linear", grey(), n0=10, n=100)
         served = [metric(s.metrics_url, "smoothserve_noisy_samples_total") for s in (a, b)]
     assert all(count > 0 for count in served), served
+
+
+def test_max_connection_age_recycles_client_connections(linear_repo):
+    """With --max-connection-age-s 1, the server closes an idle client's connection after about
+    a second (so clients re-resolve DNS and reach new pods); without it, it stays open."""
+    def left_ready(args: list[str]) -> bool:
+        with ServerProcess(linear_repo, args) as server:
+            channel = grpc.insecure_channel(server.address)
+            states: list[grpc.ChannelConnectivity] = []
+            channel.subscribe(states.append, try_to_connect=True)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            time.sleep(3)
+            channel.unsubscribe(states.append)
+            channel.close()
+        after = states[states.index(grpc.ChannelConnectivity.READY):]
+        return any(s != grpc.ChannelConnectivity.READY for s in after)
+
+    assert left_ready(["--max-connection-age-s", "1"])
+    assert not left_ready([])

@@ -113,6 +113,11 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
+                *(
+                    [("grpc.max_connection_age_ms", int(c.max_connection_age_s * 1000)),
+                     ("grpc.max_connection_age_grace_ms", int(c.grace_period_s * 1000))]
+                    if c.max_connection_age_s > 0 else []
+                ),
             ],
         )
         pb_grpc.add_SmoothServeServicer_to_server(

@@ -67,6 +67,7 @@ class ServerConfig:
     first_look: int = _option(64, "Sequential procedures: estimation samples at the first look (each later look doubles them, up to the request's n).", int)
     max_message_bytes: int = _option(16 * 1024 * 1024, "Largest request message, in bytes.", int)
     max_samples_in_flight: int = _option(4_000_000, "Noisy samples (n0 + n) admitted across all requests at once; a request that would exceed it gets RESOURCE_EXHAUSTED instead of queueing.", int)
+    max_connection_age_s: float = _option(0.0, "Close each client connection after this many seconds (a GOAWAY, with --grace-period-s for calls in flight), so clients re-resolve DNS and reach pods the autoscaler added; 0: never.", float)
     max_concurrent_requests: int = _option(256, "Predict requests served at once; more get RESOURCE_EXHAUSTED.", int)
     grace_period_s: float = _option(25.0, "On SIGTERM, seconds in-flight requests may take to finish before they are cancelled.", float)
     tls_cert: Path | None = _option(None, "PEM certificate chain of the gRPC port; with --tls-key, enables TLS.", Path)
@@ -182,6 +183,8 @@ class ServerConfig:
             found.append("the triton backend needs --triton-urls")
         if self.triton_timeout_s <= 0:
             found.append("triton_timeout_s must be positive")
+        if not 0 <= self.max_connection_age_s < 2**31 / 1000:  # gRPC takes it as int32 ms
+            found.append("max_connection_age_s must lie in [0, 2147483)")
         return found
 
 
