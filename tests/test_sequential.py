@@ -388,3 +388,10 @@ def test_live_target_radius_deadline_and_cancellation_release_the_budget(small_b
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert metric(server.metrics_url, "smoothserve_samples_abandoned_total") > abandoned
+
+
+def test_the_alpha_split_cache_stays_bounded():
+    """Clients choose the target radius: distinct radii must not grow the server's memory."""
+    for i in range(1500):
+        target_levels(S12, 0.25 + i * 1e-6, 0.5, 0.001)
+    assert target_levels.cache_info().currsize <= 1024

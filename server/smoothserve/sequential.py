@@ -93,7 +93,7 @@ def certifying_size(level: float, threshold: float) -> int:
     return math.floor(math.log(level) / math.log(threshold)) + 1
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)  # bounded: clients choose the target radius
 def target_levels(
     schedule: tuple[int, ...], target: float, sigma: float, alpha: float
 ) -> tuple[float, ...]:
