@@ -151,6 +151,12 @@ def soak(address: str, pid: int | None, args: argparse.Namespace) -> dict:
         load.measuring.clear()
         rss_end = rss_bytes(pid) if pid else 0
         seconds = time.monotonic() - started
+    # Growth compares the median of the first and of the last quarter of the trace: single
+    # samples swing by +-20 % while clients' 16 MB hostile requests come and go.
+    if len(rss_trace) >= 8:
+        quarter = len(rss_trace) // 4
+        rss_start = int(np.median([r for _, r in rss_trace[:quarter]]))
+        rss_end = int(np.median([r for _, r in rss_trace[-quarter:]]))
     latencies = np.array(load.latencies or [float("nan")])
     return {
         "clients": args.clients,

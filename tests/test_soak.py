@@ -13,7 +13,7 @@ def test_short_soak():
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
     report = soak.run(
-        ["--duration", "4", "--warmup", "1.5", "--rss-every", "1", "--n", "128",
+        ["--duration", "4", "--warmup", "1.5", "--rss-every", "0.25", "--n", "128",
          "--hostile-clients", "1"]
     )  # fmt: skip
     assert report["clients"] == 32 and report["errors"] == {}
