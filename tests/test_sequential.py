@@ -372,16 +372,18 @@ def small_batch_server(linear_repo):
 
 
 def test_live_target_radius_deadline_and_cancellation_release_the_budget(small_batch_server):
-    """A borderline input (true radius 0.2, target 0.198: p_A a hair above the threshold, so
-    neither certified nor hopeless for hundreds of thousands of samples) runs a target-radius
-    request towards its cap: a short deadline stops it with DEADLINE_EXCEEDED, its samples are
-    counted as abandoned and the gauge returns to 0."""
+    """An input whose votes are unanimous (true radius 1.4: a vote for the other class once in
+    1e8 samples) and a target only the 400,000-sample cap can certify (every vote needed at
+    390,000): no look before the cap can certify, none can abstain, so the request runs to the
+    cap, and a short deadline stops it with DEADLINE_EXCEEDED; its samples are counted as
+    abandoned and the gauge returns to 0."""
     server = small_batch_server
-    x = point_at(0.2, 1)
+    x = point_at(1.4, 1)
+    target = LINEAR_SIGMA * PHI.inv_cdf(0.001 ** (1 / 390_000))
     abandoned = metric(server.metrics_url, "smoothserve_samples_abandoned_total")
     with SmoothServeClient(server.address) as client, pytest.raises(SmoothServeError) as late:
         client.predict("linear", x, n0=32, n=400_000, alpha=0.001, procedure="target_radius",
-                       target_radius=0.198, timeout=0.3)  # fmt: skip
+                       target_radius=target, timeout=0.3)  # fmt: skip
     assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     deadline = time.monotonic() + 5
     while metric(server.metrics_url, "smoothserve_samples_in_flight") != 0:
