@@ -1,5 +1,6 @@
 """The noise is sound: Gaussian at the configured sigma, independent, unpredictable without
-a seed, and exactly reproducible with one, whatever the batching or concurrency."""
+a seed, and exactly reproducible with one, whatever the batching or concurrency; for both
+generators, ARS-5 (the fastnoise extra) and PCG64."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
+from smoothserve import noise
+from smoothserve.noise import GENERATORS, fill_noisy_copies, noise_generator, noise_stream
 from smoothserve_client.client import SmoothServeClient
 from smoothserve_dev.models import write_histogram_model
 from smoothserve_dev.testing import ServerProcess
@@ -101,11 +103,15 @@ def repo(tmp_path_factory):
     return repo
 
 
-@pytest.fixture(scope="module")
-def servers(repo):
-    with ServerProcess(repo, ["--batch-size", "1024"]) as big, ServerProcess(
-        repo, ["--batch-size", "7", "--pipeline-depth", "1", "--max-n", "20000"]
+@pytest.fixture(scope="module", params=GENERATORS)
+def servers(repo, request):
+    generator = ["--noise-generator", request.param]
+    with ServerProcess(repo, ["--batch-size", "1024", *generator]) as big, ServerProcess(
+        repo, ["--batch-size", "7", "--pipeline-depth", "1", "--max-n", "20000", *generator]
     ) as small:
+        for server in (big, small):
+            with SmoothServeClient(server.address) as client:
+                assert client.model_info("pixel").noise_generator == request.param
         yield big, small
 
 
@@ -177,33 +183,61 @@ def test_a_seed_reproduces_counts_across_batching_and_concurrency(servers):
     assert (other.counts, other.selection_counts) != reference
 
 
-# NoiseStream: the noise of a job as a function of the sample index ---------------------------
+# Job streams: the noise of a job as a function of the sample index, for each generator ------
 
 
-def test_noise_stream_ignores_how_the_samples_are_cut():
+def _fill_all(stream, out: np.ndarray, x: np.ndarray, start: int = 0, reverse: bool = False):
+    pieces = stream.pieces(out, start)
+    for rows, generator in reversed(pieces) if reverse else pieces:  # any order within a call
+        stream.fill(rows, x, SIGMA, generator)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_stream_noise_is_gaussian_at_sigma(generator):
+    x = noise_generator().uniform(0, 1, SHAPE).astype(np.float32)
+    stream = noise_stream(noise_generator(), SHAPE, generator)
+    assert stream.generator == generator
+    out = np.empty((65_536, *SHAPE), np.float32)  # 4.2 million draws, in many pieces
+    _fill_all(stream, out, x)
+    eps = (out.astype(np.float64) - x).ravel()
+    assert abs(eps.mean()) < Z * SIGMA / np.sqrt(eps.size)
+    assert abs(eps.var() - SIGMA**2) < Z * SIGMA**2 * np.sqrt(2 / eps.size)
+    assert stats.kstest(eps, stats.norm(scale=SIGMA).cdf).pvalue > P_MIN
+    assert stats.normaltest(eps).pvalue > P_MIN
+    rows = out.reshape(len(out), -1).astype(np.float64) - x.reshape(-1)
+    for a, b in ((rows[:, :-1], rows[:, 1:]), (rows[:-1], rows[1:])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < Z / np.sqrt(a.size)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_stream_ignores_how_the_samples_are_cut(generator):
     shape = (1, 28, 28)  # 167 samples per chunk
+    x = np.full(shape, 0.5, np.float32)
     whole = np.empty((1_000, *shape), np.float32)
-    for rows, generator in NoiseStream(noise_generator(5), shape).pieces(whole, 0):
-        generator.standard_normal(out=rows, dtype=np.float32)
+    _fill_all(noise_stream(noise_generator(5), shape, generator), whole, x)
     cut = np.empty_like(whole)
-    stream, start = NoiseStream(noise_generator(5), shape), 0
+    stream, start = noise_stream(noise_generator(5), shape, generator), 0
     for size in (7, 300, 1, 166, 526):
-        pieces = stream.pieces(cut[start : start + size], start)
-        for rows, generator in reversed(pieces):  # any order within a call
-            generator.standard_normal(out=rows, dtype=np.float32)
+        _fill_all(stream, cut[start : start + size], x, start, reverse=True)
         start += size
     assert np.array_equal(whole, cut)
+    # A stream that starts mid-job (its earlier samples went elsewhere) agrees too.
+    late = noise_stream(noise_generator(5), shape, generator)
+    tail = np.empty((500, *shape), np.float32)
+    _fill_all(late, tail, x, start=500)
+    assert np.array_equal(whole[500:], tail)
 
 
-def test_noise_stream_chunks_and_streams_are_independent():
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_stream_chunks_and_streams_are_independent(generator):
     shape = (1, 28, 28)
     rng = noise_generator(9)
-    first, second = NoiseStream(rng, shape), NoiseStream(rng, shape)  # selection, estimation
+    first, second = noise_stream(rng, shape, generator), noise_stream(rng, shape, generator)
     a = np.empty((2_000, *shape), np.float32)
     b = np.empty_like(a)
-    for stream, out in ((first, a), (second, b)):
-        for rows, generator in stream.pieces(out, 0):
-            generator.standard_normal(out=rows, dtype=np.float32)
+    zero = np.zeros(shape, np.float32)
+    _fill_all(first, a, zero)
+    _fill_all(second, b, zero)  # selection and estimation draws of one request
     chunk = first.chunk
     flat = a.reshape(len(a), -1)
     chunks = [flat[i : i + chunk].ravel() for i in range(0, len(a) - chunk, chunk)]
@@ -212,3 +246,73 @@ def test_noise_stream_chunks_and_streams_are_independent():
     for left, right in zip(chunks, chunks[1:], strict=False):
         assert abs(np.corrcoef(left, right[: len(left)])[0, 1]) < 0.01
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+
+
+def test_ars5_keys_take_128_bits_from_the_request_generator():
+    rng = noise_generator()
+    keys = [noise_stream(rng, SHAPE, "ars5")._key for _ in range(2_000)]
+    assert all(key.dtype == np.uint32 and key.shape == (4,) for key in keys)
+    assert len({key.tobytes() for key in keys}) == len(keys)
+    words = np.array(keys)
+    # Every word spans 32 bits: its top bit is set about half the time.
+    assert np.all(np.abs((words >> 31).mean(axis=0) - 0.5) < Z * 0.5 / np.sqrt(len(keys)))
+    # Each of the four words changes the noise: the key is 128 bits, not one word.
+    x = np.zeros(SHAPE, np.float32)
+    base = noise_stream(noise_generator(3), SHAPE, "ars5")
+    reference = np.empty((4, *SHAPE), np.float32)
+    _fill_all(base, reference, x)
+    for word in range(4):
+        other = noise_stream(noise_generator(3), SHAPE, "ars5")
+        other._key = base._key.copy()
+        other._key[word] ^= 1
+        out = np.empty_like(reference)
+        _fill_all(other, out, x)
+        assert not np.array_equal(out, reference)
+
+
+def test_ars5_noise_differs_between_processes():
+    code = (
+        "import sys, numpy as np; from smoothserve.noise import noise_generator, noise_stream; "
+        "s = noise_stream(noise_generator(), (1, 8, 8), 'ars5'); out = np.empty((4000, 1, 8, 8), "
+        "np.float32); [s.fill(r, np.zeros((1, 8, 8), np.float32), 1.0, g) for r, g in "
+        "s.pieces(out, 0)]; sys.stdout.buffer.write(out.tobytes())"
+    )
+    streams = [
+        np.frombuffer(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                     check=True).stdout, np.float32)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert len(streams[0]) == 256_000 and not np.array_equal(*streams)
+    assert abs(np.corrcoef(*streams)[0, 1]) < Z / np.sqrt(256_000)
+
+
+def test_generator_choice(monkeypatch):
+    assert noise.resolve_generator("auto") == "ars5"  # the dev install has the extra
+    assert noise.resolve_generator("pcg64") == "pcg64"
+    # Sound noise needs 64-bit uniforms: it always draws from PCG64.
+    assert noise_stream(noise_generator(), SHAPE, "ars5", sound=True).generator == "pcg64"
+    monkeypatch.setattr(noise, "mkl_random", None)
+    assert noise.resolve_generator("auto") == "pcg64"
+    with pytest.raises(ValueError, match="fastnoise extra"):
+        noise.resolve_generator("ars5")
+
+
+def test_a_server_asked_for_a_missing_generator_says_so(repo, monkeypatch, tmp_path):
+    """Without the extra (hidden here by an import hook), --noise-generator ars5 stops the
+    server with a one-line reason, and auto falls back to PCG64."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "mkl_random.py").write_text("raise ImportError('hidden for the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hide))
+    result = subprocess.run(
+        [sys.executable, "-m", "smoothserve", "--model-repo", str(repo), "--port", "0",
+         "--metrics-port", "-1", "--noise-generator", "ars5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "fastnoise extra" in result.stderr and "Traceback" not in result.stderr
+    with (
+        ServerProcess(repo, ["--noise-generator", "auto"]) as server,
+        SmoothServeClient(server.address) as client,
+    ):
+        assert client.model_info("pixel").noise_generator == "pcg64"

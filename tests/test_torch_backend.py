@@ -172,7 +172,7 @@ def test_device_path_keeps_no_noise_on_the_host(twin_repo, monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("noise drawn on, or a batch sent from, the host")
 
-    monkeypatch.setattr("smoothserve.sampling.fill_noisy_copies", forbidden)
+    monkeypatch.setattr("smoothserve.sampling.noise_stream", forbidden)
 
     async def main():
         backend = TorchBackend(twin_repo, device=DEVICE)

@@ -25,7 +25,7 @@ from triton_helpers import (
 
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.model_config import SmoothModelConfig
-from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
+from smoothserve.noise import noise_generator, noise_stream, resolve_generator
 from smoothserve.repository import sha256_of
 from smoothserve_client.client import SmoothServeClient
 from smoothserve_dev.testing import ServerProcess
@@ -135,15 +135,16 @@ def test_shared_memory_gives_the_same_counts_and_is_released(repo, triton, embed
 
 def rounded_to_fp16_counts(repo: Path, x: np.ndarray, sizes: tuple[int, ...], seed: int) -> list:
     """Counts of the linear model on the request's own noisy samples rounded to FP16: the same
-    generator, drawn in the same order as the server draws them."""
+    generator (the server's default), drawn in the same order as the server draws them."""
     session = ort.InferenceSession(
         str(repo / "linear" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     rng, counts = noise_generator(seed), []
     for size in sizes:  # the selection draws, then the estimation draws: one stream each
         batch = np.empty((size, *SHAPE), np.float32)
-        for rows, generator in NoiseStream(rng, SHAPE).pieces(batch, 0):
-            fill_noisy_copies(rows, x, SIGMA, generator)
+        stream = noise_stream(rng, SHAPE, resolve_generator("auto"))
+        for rows, generator in stream.pieces(batch, 0):
+            stream.fill(rows, x, SIGMA, generator)
         (logits,) = session.run(["logits"], {"input": batch.astype(np.float16).astype(np.float32)})
         counts.append(tuple(np.bincount(logits.argmax(1), minlength=2).tolist()))
     return counts

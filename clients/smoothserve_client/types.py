@@ -108,6 +108,9 @@ class ModelInfo:
     failure_reason: str = ""
     max_alpha: float = 0.0
     min_n: int = 0
+    batch_size: int = 0
+    batch_size_source: str = ""
+    noise_generator: str = ""
 
     def to_proto(self) -> pb.ModelInfo:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "value_range"}

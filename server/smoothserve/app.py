@@ -16,9 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
-from . import repository, tracing
+from . import noise, repository, tracing
 from .admission import Admission
 from .backends import create_backend
+from .batch_tuning import choose_batch_size
 from .config import ServerConfig
 from .dataplane import DataPlane
 from .errors import ShuttingDown, SmoothServeError
@@ -80,12 +81,19 @@ class Server:
         c = self.config
         if c.default_model and c.default_model not in {**models, **states.failed}:
             raise SystemExit(f"default model {c.default_model!r} not in {sorted(models)}")
+        try:
+            generator = noise.resolve_generator(c.noise_generator)
+        except ValueError as exc:
+            raise SystemExit(f"cannot start: {exc}") from None
         for versions in models.values():
             for model in versions.values():
+                batch = await choose_batch_size(self.backend, model, c.batch_size)
                 scheduler = BatchScheduler(
-                    model, self.backend, self.metrics, c.batch_size, c.effective_pipeline_depth,
-                    c.effective_noise_threads,
+                    model, self.backend, self.metrics, batch.size, c.effective_pipeline_depth,
+                    c.effective_noise_threads, generator, batch.source,
                 )  # fmt: skip
+                log.info("model %s version %s: %s; noise: %s", model.name, model.version,
+                         batch.describe(), scheduler.noise.generator)  # fmt: skip
                 scheduler.start()
                 self.schedulers[(model.name, model.version)] = scheduler
         try:

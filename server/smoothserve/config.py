@@ -51,7 +51,8 @@ class ServerConfig:
     torch_device: str = _option("", "Device of the torch backend (cpu, cuda, cuda:1); empty: cuda when available, else cpu.", str)
     torch_half: bool = _option(True, "Torch backend on CUDA: run the network in FP16 when its argmax agrees with FP32 on a probe batch at load, else FP32.", _bool)
     torch_cuda_graphs: bool = _option(False, "Torch backend on CUDA: replay the network as a CUDA graph captured for --batch-size (shorter batches padded).", _bool)
-    batch_size: int = _option(256, "Noisy samples per backend batch.", int)
+    batch_size: int = _option(0, "Noisy samples per backend batch, for every model; 0: each model's own (its config's smoothserve_batch_size, which `smoothserve-tune-batch` writes, else measured at load).", int)
+    noise_generator: str = _option("auto", "Generator of host noise: ars5 (MKL's AES counter-based generator, the `fastnoise` extra), pcg64 (NumPy), or auto (ars5 when installed).", str, ("auto", "ars5", "pcg64"))
     pipeline_depth: int = _option(3, "Backend batches in flight per model; the triton backend uses at least 2 per endpoint.", int)
     noise_threads: int = _option(0, "Threads drawing host noise per model; 0: one per core.", int)
     intra_op_threads: int = _option(0, "ONNX Runtime intra-op threads; 0: one per core.", int)
@@ -155,7 +156,9 @@ class ServerConfig:
 
     def problems(self) -> list[str]:
         found = []
-        for name in ("batch_size", "pipeline_depth", "default_n0", "default_n", "max_n0", "max_n",
+        if self.batch_size < 0:
+            found.append("batch_size must be at least 1, or 0 for each model's own")
+        for name in ("pipeline_depth", "default_n0", "default_n", "max_n0", "max_n",
                      "first_look"):  # fmt: skip
             if getattr(self, name) < 1:
                 found.append(f"{name} must be at least 1")

@@ -178,6 +178,7 @@ class DataPlane:
             return ModelInfo(name=name, state=FAILED, failure_reason=self.failed[name])
         model, cfg = self.resolve(name, version), self.config
         c = model.config
+        scheduler = self.schedulers[(model.name, model.version)]
         return ModelInfo(
             name=model.name,
             version=model.version,
@@ -196,6 +197,9 @@ class DataPlane:
             max_n=cfg.max_n,
             max_alpha=cfg.max_alpha,
             min_n=cfg.min_n,
+            batch_size=scheduler.batch_size,
+            batch_size_source=scheduler.batch_source,
+            noise_generator=scheduler.noise.generator,
         )
 
     def signing_key(self) -> SigningKey:

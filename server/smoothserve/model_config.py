@@ -9,7 +9,9 @@ Smoothing metadata lives in the config's ``parameters`` (string values, as Trito
 ``sigma``, ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
 ``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in), and
 optionally ``smoothserve_sound_noise`` (``"true"`` or ``"false"``, default false): every
-request on the model uses floating-point-sound noise (``sound_noise.py``).
+request on the model uses floating-point-sound noise (``sound_noise.py``), and
+``smoothserve_batch_size`` (a positive integer, written by ``smoothserve-tune-batch``): the
+noisy samples per backend batch unless ``--batch-size`` overrides it (``batch_tuning.py``).
 
 The file is parsed by protobuf's ``text_format`` against ``schema/model_config.proto`` (the
 fields of Triton's ModelConfig that SmoothServe reads), so any config Triton accepts parses
@@ -33,7 +35,10 @@ from .sound_noise import SoundNoiseError, sound_lattice
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
-SMOOTHING_PARAMETERS = ("sigma", "labels", "input_shape", "value_range", SOUND_NOISE_PARAMETER)
+BATCH_SIZE_PARAMETER = "smoothserve_batch_size"
+SMOOTHING_PARAMETERS = (
+    "sigma", "labels", "input_shape", "value_range", SOUND_NOISE_PARAMETER, BATCH_SIZE_PARAMETER,
+)
 BOOLEANS = {"true": True, "false": False}
 # Noise of up to this many standard deviations must stay finite in float32.
 MAX_SIGMA = float(np.finfo(np.float32).max) / 1e3
@@ -64,6 +69,7 @@ class SmoothModelConfig:
     input_data_type: str = "TYPE_FP32"
     output_dims: tuple[int, ...] = ()  # as declared; () when the config declares none
     sound_noise: bool = False  # floating-point-sound noise for every request (sound_noise.py)
+    batch_size: int = 0  # noisy samples per backend batch; 0: measured at load (batch_tuning.py)
 
     @property
     def num_classes(self) -> int:
@@ -90,6 +96,10 @@ class SmoothModelConfig:
             )
         if self.max_batch_size < 0:
             found.append("max_batch_size must not be negative")
+        if self.batch_size < 0 or (self.max_batch_size and self.batch_size > self.max_batch_size):
+            found.append(
+                f"{BATCH_SIZE_PARAMETER} must lie in [1, max_batch_size], got {self.batch_size}"
+            )
         if self.sound_noise and not found:
             try:
                 sound_lattice(self.sigma, *self.value_range)
@@ -110,6 +120,7 @@ class SmoothModelConfig:
             "input_shape": json.dumps(list(self.input_shape)),
             "value_range": json.dumps(list(self.value_range)),
             **({SOUND_NOISE_PARAMETER: "true"} if self.sound_noise else {}),
+            **({BATCH_SIZE_PARAMETER: str(self.batch_size)} if self.batch_size else {}),
             **self.extra_parameters,
         }
         config = ModelConfig(
@@ -174,8 +185,11 @@ class SmoothModelConfig:
         try:
             sigma = float(params["sigma"])
             numbers = [float(v) for v in value_range], [int(d) for d in shape]
+            batch_size = int(params.get(BATCH_SIZE_PARAMETER, "0"))
         except (TypeError, ValueError):
-            raise ModelConfigError("sigma, value_range and input_shape must be numbers") from None
+            raise ModelConfigError(
+                f"sigma, value_range, input_shape and {BATCH_SIZE_PARAMETER} must be numbers"
+            ) from None
         return cls(
             name=config.name,
             sigma=sigma,
@@ -192,6 +206,7 @@ class SmoothModelConfig:
             input_data_type=DataType.Name(model_input.data_type),
             output_dims=tuple(int(d) for d in output.dims),
             sound_noise=BOOLEANS[sound],
+            batch_size=batch_size,
         ).check()
 
     def write(self, model_dir: Path) -> Path:

@@ -2,11 +2,12 @@
 
 The scheduler cuts batches of segments (consecutive samples of one job); a ``NoiseStrategy``,
 chosen once per scheduler, turns a batch into class indices. Either way every sample is
-x + sigma * eps with eps ~ N(0, I) from a PCG64 (or, on a GPU, Philox) generator keyed from
+x + sigma * eps with eps ~ N(0, I) from an ARS-5 or PCG64 (or, on a GPU, Philox) generator keyed from
 the request's own generator, and no two samples share noise.
 
 - ``HostNoise``, for backends that take a batch (``classify``): each job gets a
-  ``NoiseStream``, so the noise of sample i depends only on the job's key and i, and a seeded
+  ``NoiseStream`` (ARS-5 or PCG64, ``noise.py``), so the noise of sample i depends only on the
+  job's key and i, and a seeded
   request gets the same counts however it is batched. Batches are filled into host buffers
   one at a time, in cut order, by one fill thread (each fill's chunks spread over
   ``noise_threads`` threads), then sent to the backend.
@@ -41,7 +42,7 @@ import numpy as np
 
 from .backends.base import Backend, RemoteSampling
 from .errors import FailedPrecondition
-from .noise import NoiseStream, fill_noisy_copies
+from .noise import NoiseStream, noise_stream
 from .repository import ModelVersion
 from .sound_noise import SoundLattice, fill_sound_copies, sound_lattice
 
@@ -69,6 +70,7 @@ class NoiseStrategy(ABC, Generic[Source]):
     """Noise and classification of the batches of one model; ``slots`` batches in flight."""
 
     supports_sound_noise = False
+    generator = "device"  # what draws the noise, as GetModelInfo reports it
     batch_size: int | None = None  # samples per batch, when the strategy sets it
     quantum = 1  # segments start at multiples of this where the cut allows
 
@@ -111,8 +113,10 @@ class HostNoise(NoiseStrategy[NoiseStream]):
         slots: int,
         batch_size: int,
         noise_threads: int = 1,
+        generator: str = "pcg64",
     ) -> None:
         super().__init__(model, backend, slots)
+        self.generator = generator
         shape = (batch_size, *model.config.input_shape)
         self._buffers = [np.empty(shape, np.float32) for _ in range(slots)]
         # One thread orders the fills; the pool draws each fill's chunks in parallel.
@@ -126,7 +130,7 @@ class HostNoise(NoiseStrategy[NoiseStream]):
     def source(self, rng: np.random.Generator, sound: bool = False) -> NoiseStream:
         if sound:
             self.lattice()  # built (and cached) before the job's first batch
-        return NoiseStream(rng, self.model.config.input_shape, sound)
+        return noise_stream(rng, self.model.config.input_shape, self.generator, sound)
 
     def lattice(self) -> SoundLattice:
         c = self.model.config
@@ -151,20 +155,20 @@ class HostNoise(NoiseStrategy[NoiseStream]):
     ) -> tuple[int, tuple[int, ...]]:
         """Fill the batch's rows; returns their number and the segments with undecided draws."""
         sigma = self.model.config.sigma
-        work: list[tuple[int, np.ndarray, np.ndarray, np.random.Generator, bool]] = []
+        work: list[tuple[int, np.ndarray, np.ndarray, NoiseStream, Any]] = []
         offset = 0
         for position, segment in enumerate(segments):
             rows = buffer[offset : offset + segment.count]
             for piece, generator in segment.noise.pieces(rows, segment.start):
-                work.append((position, piece, segment.x, generator, segment.noise.sound))
+                work.append((position, piece, segment.x, segment.noise, generator))
             offset += segment.count
-        lattice = self.lattice() if any(w[4] for w in work) else None
+        lattice = self.lattice() if any(w[3].sound for w in work) else None
 
-        def fill(item: tuple[int, np.ndarray, np.ndarray, np.random.Generator, bool]) -> int:
-            _, piece, x, generator, sound = item
-            if sound:
+        def fill(item: tuple[int, np.ndarray, np.ndarray, NoiseStream, Any]) -> int:
+            _, piece, x, stream, generator = item
+            if stream.sound:
                 return fill_sound_copies(piece, x, lattice, generator)
-            fill_noisy_copies(piece, x, sigma, generator)
+            stream.fill(piece, x, sigma, generator)
             return 0
 
         if self._pool is None or len(work) == 1:
@@ -203,6 +207,8 @@ class RemoteCounts(NoiseStrategy[tuple[int, ...]]):
     """Noise, network and votes where the network runs (``count_noisy``): only the clean input,
     the job's key and sample ranges go out, and K counts per segment come back."""
 
+    generator = "remote"
+
     def __init__(
         self, model: ModelVersion, backend: Backend, slots: int, remote: RemoteSampling
     ) -> None:
@@ -231,6 +237,7 @@ def noise_strategy(
     batch_size: int,
     pipeline_depth: int,
     noise_threads: int = 1,
+    generator: str = "pcg64",
 ) -> NoiseStrategy[Any]:
     """Remote counts when the backend samples the model where it runs (``remote_sampling``),
     device noise when it draws the noise (``generates_noise``), host noise otherwise."""
@@ -239,4 +246,4 @@ def noise_strategy(
         return RemoteCounts(model, backend, pipeline_depth, remote)
     if backend.generates_noise:
         return DeviceNoise(model, backend, pipeline_depth)
-    return HostNoise(model, backend, pipeline_depth, batch_size, noise_threads)
+    return HostNoise(model, backend, pipeline_depth, batch_size, noise_threads, generator)

@@ -77,15 +77,18 @@ class BatchScheduler:
         batch_size: int = 256,
         pipeline_depth: int = 2,
         noise_threads: int = 1,
+        generator: str = "pcg64",
+        batch_source: str = "flag",
     ) -> None:
         self.model = model
         self.backend = backend
         self.metrics = metrics
         self.noise: NoiseStrategy[Any] = noise_strategy(
-            model, backend, batch_size, pipeline_depth, noise_threads
+            model, backend, batch_size, pipeline_depth, noise_threads, generator
         )
         # a strategy that sends no samples (remote counts) sets its own batch: one call's work
         self.batch_size = self.noise.batch_size or batch_size
+        self.batch_source = batch_source  # batch_tuning: flag, config, measured or backend
         self._jobs: deque[_Job] = deque()
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()

@@ -173,7 +173,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "available_versions", "sha256", "sigma", "labels", "input_shape", "value_low", "value_high", "backend", "platform", "max_batch_size", "default_n0", "default_n", "default_alpha", "max_n", "state", "failure_reason", "max_alpha", "min_n")
+    __slots__ = ("name", "version", "available_versions", "sha256", "sigma", "labels", "input_shape", "value_low", "value_high", "backend", "platform", "max_batch_size", "default_n0", "default_n", "default_alpha", "max_n", "state", "failure_reason", "max_alpha", "min_n", "batch_size", "batch_size_source", "noise_generator")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,9 @@ class ModelInfo(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_ALPHA_FIELD_NUMBER: _ClassVar[int]
     MIN_N_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_GENERATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     available_versions: _containers.RepeatedScalarFieldContainer[str]
@@ -214,4 +217,7 @@ class ModelInfo(_message.Message):
     failure_reason: str
     max_alpha: float
     min_n: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., sigma: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., value_low: _Optional[float] = ..., value_high: _Optional[float] = ..., backend: _Optional[str] = ..., platform: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., default_n0: _Optional[int] = ..., default_n: _Optional[int] = ..., default_alpha: _Optional[float] = ..., max_n: _Optional[int] = ..., state: _Optional[str] = ..., failure_reason: _Optional[str] = ..., max_alpha: _Optional[float] = ..., min_n: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    batch_size_source: str
+    noise_generator: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., sigma: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., value_low: _Optional[float] = ..., value_high: _Optional[float] = ..., backend: _Optional[str] = ..., platform: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., default_n0: _Optional[int] = ..., default_n: _Optional[int] = ..., default_alpha: _Optional[float] = ..., max_n: _Optional[int] = ..., state: _Optional[str] = ..., failure_reason: _Optional[str] = ..., max_alpha: _Optional[float] = ..., min_n: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., noise_generator: _Optional[str] = ...) -> None: ...
