@@ -89,7 +89,7 @@ def test_the_record_holds_what_the_issue_lists(saved, keys):
     assert set(record["model"]) == {"name", "version", "sha256"}
     assert sum(record["counts"]) == record["n"] == 10_000
     assert sum(record["selection_counts"]) == record["n0"] == 100
-    assert record["seed"] == {"client_chosen": False, "value": None}
+    assert record["seed"] == {"client_chosen": False, "value": None, "generator": "ars5"}
     assert record["server"]["time"].endswith("Z") and record["server"]["version"]
     assert record["sigma"] == 0.25 and record["alpha"] == 0.001
 

@@ -299,9 +299,11 @@ class DataPlane:
 
     def signed(self, result: PredictResult, request: PredictInput) -> PredictResult:
         """The result with its certificate record and the record's signature (``records.py``)."""
+        scheduler = self.schedulers[(result.model_name, result.model_version)]
+        generator = "pcg64" if result.sound_noise else scheduler.noise.generator
         record = certificate_record(
             result, hashlib.sha256(request.data).hexdigest(), tuple(request.shape),
-            request.dtype, self.signer.key_id,
+            request.dtype, self.signer.key_id, noise_generator=generator,
         )  # fmt: skip
         return replace(result, record=record, record_signature=self.signer.sign(record))
 

@@ -133,8 +133,10 @@ def certificate_record(
     input_dtype: str,
     signer_key_id: str,
     when: datetime | None = None,
+    noise_generator: str = "",
 ) -> bytes:
-    """The canonical bytes of a result's record (see the module doc)."""
+    """The canonical bytes of a result's record (see the module doc); ``noise_generator``
+    names what drew the noise (``noise.py``), which a replay of a seed needs."""
     when = when or datetime.now(UTC)
     record = {name: getattr(result, name) for name in RESULT_FIELDS}
     record.update(
@@ -145,7 +147,8 @@ def certificate_record(
         input={"sha256": input_sha256, "shape": list(input_shape), "dtype": input_dtype},
         model={"name": result.model_name, "version": result.model_version,
                "sha256": result.model_sha256},  # fmt: skip
-        seed={"client_chosen": result.seed is not None, "value": result.seed},
+        seed={"client_chosen": result.seed is not None, "value": result.seed,
+              "generator": noise_generator},  # fmt: skip
         server={"version": server_version(),
                 "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z")},  # fmt: skip
         key_id=signer_key_id,
