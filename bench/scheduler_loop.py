@@ -1,7 +1,8 @@
 """The scheduler loop in process, without gRPC: host noise alone, then BatchScheduler.count
-with the ONNX Runtime backend for a few (noise threads, batch size, pipeline depth) settings.
+with the ONNX Runtime backend for a few (noise threads, batch size, pipeline depth) settings,
+for each noise generator installed.
 
-    .venv/bin/python bench/scheduler_loop.py [--model fmnist_cnn_smoothadv_s050]
+    .venv/bin/python bench/scheduler_loop.py [--model fmnist_cnn_smoothadv_s050] [--generators ars5,pcg64]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.metrics import Metrics
-from smoothserve.noise import NoiseStream, fill_noisy_copies, noise_generator
+from smoothserve.noise import fast_generator_installed, noise_generator, noise_stream
 from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler
 
@@ -24,23 +25,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [(1, 1024, 2), (2, 1024, 2), (2, 1024, 3), (2, 2048, 2), (2, 512, 3)]
 
 
-def noise_only(shape, threads: int, batches: int = 30, batch: int = 1024) -> float:
+def noise_only(shape, threads: int, generator: str, batches: int = 30, batch: int = 1024) -> float:
     x = np.random.rand(*shape).astype(np.float32)
     out = np.empty((batch, *shape), np.float32)
-    stream, start = NoiseStream(noise_generator(), shape), 0
+    stream, start = noise_stream(noise_generator(), shape, generator), 0
     with ThreadPoolExecutor(threads) as pool:
         started = time.perf_counter()
         for _ in range(batches):
             pieces = stream.pieces(out, start)
             start += batch
-            list(pool.map(lambda p: fill_noisy_copies(p[0], x, 0.5, p[1]), pieces))
+            list(pool.map(lambda p: stream.fill(p[0], x, 0.5, p[1]), pieces))
         return batches * batch / (time.perf_counter() - started)
 
 
-async def scheduler_rate(model_name: str, threads: int, batch: int, depth: int, n: int) -> float:
-    backend = OnnxRuntimeBackend(ROOT / "model_repo", ["CPUExecutionProvider"], max_concurrent_batches=depth)
+async def scheduler_rate(
+    model_name: str, threads: int, batch: int, depth: int, n: int, generator: str
+) -> float:
+    backend = OnnxRuntimeBackend(
+        ROOT / "model_repo", ["CPUExecutionProvider"], max_concurrent_batches=depth
+    )
     model = latest((await backend.start()).ready[model_name])
-    scheduler = BatchScheduler(model, backend, Metrics(), batch, depth, threads)
+    scheduler = BatchScheduler(model, backend, Metrics(), batch, depth, threads, generator)
     scheduler.start()
     x = np.random.rand(*model.config.input_shape).astype(np.float32)
     await scheduler.count(x, 20_000, noise_generator())  # warm-up
@@ -56,12 +61,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="fmnist_cnn_smoothadv_s050")
     parser.add_argument("--n", type=int, default=200_000)
+    default = "ars5,pcg64" if fast_generator_installed() else "pcg64"
+    parser.add_argument("--generators", default=default)
+    parser.add_argument("--settings", default="", help="threads:batch:depth,... (default: a few)")
     args = parser.parse_args()
-    for threads in (1, 2):
-        print(f"host noise alone, {threads} threads: {noise_only((1, 28, 28), threads):,.0f} samples/s")
-    for threads, batch, depth in SETTINGS:
-        rate = asyncio.run(scheduler_rate(args.model, threads, batch, depth, args.n))
-        print(f"noise threads {threads}, batch {batch}, depth {depth}: {rate:,.0f} samples/s")
+    settings = [tuple(map(int, s.split(":"))) for s in args.settings.split(",") if s] or SETTINGS
+    for generator in args.generators.split(","):
+        for threads in (1, 2):
+            rate = noise_only((1, 28, 28), threads, generator)
+            print(f"{generator}: host noise alone, {threads} threads: {rate:,.0f} samples/s")
+        for threads, batch, depth in settings:
+            rate = asyncio.run(scheduler_rate(args.model, threads, batch, depth, args.n, generator))
+            print(
+                f"{generator}: noise threads {threads}, batch {batch}, depth {depth}: {rate:,.0f} samples/s"
+            )
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ def test_seeded_requests_repeat_alone_and_among_others(via_sampler, triton):
 
 def test_known_radius_model_certifies_within_its_true_radius(via_sampler):
     with SmoothServeClient(via_sampler.address, timeout=60) as client:
+        info = client.model_info("radius")  # the sampler sets the batch: one call's samples
+        assert (info.batch_size_source, info.noise_generator) == ("backend", "remote")
         for side in (1, -1):
             for distance in (0.1, 0.35):
                 x = point_at(distance, side)

@@ -182,6 +182,8 @@ class ServerConfig:
             found.append("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             found.append("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.torch_cuda_graphs and not self.batch_size:
+            found.append("--torch-cuda-graphs captures one batch size: set --batch-size")
         if self.backend == "triton" and not self.triton_urls:
             found.append("the triton backend needs --triton-urls")
         if self.triton_timeout_s <= 0:

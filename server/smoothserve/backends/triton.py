@@ -312,11 +312,16 @@ class TritonBackend(Backend):
 
     # --- shared memory -----------------------------------------------------------------------
 
+    def _largest_batch(self, model: ModelVersion) -> int:
+        """The most rows one call of ``model`` may send: --batch-size, else its config's batch
+        size or the largest size measured at load (``batch_tuning.CANDIDATES``)."""
+        return self.batch_size or max(model.config.batch_size, 1024)
+
     async def _create_slots(self, models: dict[str, dict[str, ModelVersion]]) -> None:
         """One region per batch that can be in flight, each as large as the largest call."""
         versions = [m for vs in models.values() for m in vs.values()]
         byte_size = max(
-            min(self.batch_size, self._wire[(m.name, m.version)].rows)
+            min(self._largest_batch(m), self._wire[(m.name, m.version)].rows)
             * math.prod(m.config.input_shape)
             * self._wire[(m.name, m.version)].dtype.itemsize
             for m in versions
