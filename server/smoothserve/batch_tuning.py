@@ -27,6 +27,7 @@ log = logging.getLogger("smoothserve")
 CANDIDATES = (32, 64, 128, 256, 512, 1024)
 SECONDS_PER_SIZE = 0.03  # a window of timed calls (at least two), after one warm-up call
 ROUNDS = 2  # windows per size; the best counts
+MIN_SAMPLES = 256  # per window
 WITHIN = 0.97  # the smallest size within 3 % of the fastest wins: less latency and memory
 FLAG, CONFIG, MEASURED, BACKEND = "flag", "config", "measured", "backend"
 
@@ -55,15 +56,17 @@ async def measure(
     rounds: int = ROUNDS,
 ) -> dict[int, float]:
     """Images/s of ``backend.classify`` on clean inputs at each batch size: the best of
-    ``rounds`` windows of ``seconds``, the sizes taking turns, so a passing load on the
-    machine lowers one window, not one size."""
+    ``rounds`` windows, the sizes taking turns, so a passing load on the machine lowers one
+    window, not one size. A window lasts ``seconds`` and at least two calls and
+    ``MIN_SAMPLES`` samples, so small sizes are not judged on a call or two."""
     batches = {size: probe_batch(model.config, size) for size in sizes}
+    for batch in batches.values():
+        await backend.classify(model, batch)  # warm-up: first-call allocations, caches
     rates = dict.fromkeys(sizes, 0.0)
     for _ in range(rounds):
         for size, batch in batches.items():
-            await backend.classify(model, batch)  # warm-up: first-call allocations, caches
             calls, started = 0, time.perf_counter()
-            while calls < 2 or time.perf_counter() - started < seconds:
+            while calls < 2 or calls * size < MIN_SAMPLES or time.perf_counter() - started < seconds:
                 await backend.classify(model, batch)
                 calls += 1
             rates[size] = max(rates[size], size * calls / (time.perf_counter() - started))
