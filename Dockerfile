@@ -26,7 +26,7 @@ RUN --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     mkdir -p server clients export; \
-    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" ".[oip]" ; \
+    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" ".[oip,fastnoise]" ; \
     /opt/smoothserve/venv/bin/pip uninstall --yes smoothserve
 COPY server server
 COPY clients clients
