@@ -199,7 +199,9 @@ def prepare_cnn(model_repo: Path, name: str, checkpoints: Path, into: Path, quic
     name = name or default_model(model_repo)
     shutil.copytree(model_repo / name, into / name)
     config = SmoothModelConfig.from_pbtxt((into / name / "config.pbtxt").read_text())
-    image = load_fashion_mnist().images[0]
+    image = load_fashion_mnist().images[0] if config.input_shape == (1, 28, 28) else (
+        np.random.default_rng(0).integers(0, 256, config.input_shape, dtype=np.uint8)
+    )  # fmt: skip
     return Bench(
         "cnn", name, "the model repository's default, trained weights", into, config, image,
         newest_onnx(into / name), cnn_torch_model(checkpoints / f"{name}.pt"), plan("cnn", quick),
