@@ -90,7 +90,7 @@ class Server:
                 batch = await choose_batch_size(self.backend, model, c.batch_size)
                 scheduler = BatchScheduler(
                     model, self.backend, self.metrics, batch.size, c.effective_pipeline_depth,
-                    c.effective_noise_threads, generator, batch.source,
+                    c.noise_threads_for(self.backend.uses_host_cpu), generator, batch.source,
                 )  # fmt: skip
                 log.info("model %s version %s: %s; noise: %s", model.name, model.version,
                          batch.describe(), scheduler.noise.generator)  # fmt: skip

@@ -54,7 +54,7 @@ class ServerConfig:
     batch_size: int = _option(0, "Noisy samples per backend batch, for every model; 0: each model's own (its config's smoothserve_batch_size, which `smoothserve-tune-batch` writes, else measured at load).", int)
     noise_generator: str = _option("auto", "Generator of host noise: ars5 (MKL's AES counter-based generator, the `fastnoise` extra), pcg64 (NumPy), or auto (ars5 when installed).", str, ("auto", "ars5", "pcg64"))
     pipeline_depth: int = _option(3, "Backend batches in flight per model; the triton backend uses at least 2 per endpoint.", int)
-    noise_threads: int = _option(0, "Threads drawing host noise per model; 0: one per core.", int)
+    noise_threads: int = _option(0, "Threads drawing host noise per model; 0: one per four cores (at least one) when the network also runs on this CPU (onnxruntime's CPU provider), else one per core.", int)
     intra_op_threads: int = _option(0, "ONNX Runtime intra-op threads; 0: one per core.", int)
     inter_op_threads: int = _option(1, "ONNX Runtime inter-op threads.", int)
     providers: tuple[str, ...] = _option((), "ONNX Runtime execution providers, comma-separated; empty: CUDA if installed, else CPU.", _csv)
@@ -144,8 +144,13 @@ class ServerConfig:
         return config
 
     @property
-    def effective_noise_threads(self) -> int:
-        return self.noise_threads or os.cpu_count() or 1
+    def noise_threads_for(self, network_on_this_cpu: bool) -> int:
+        """With the network on the same cores, fewer noise threads: one noise thread overlaps
+        a batch's fill with the next run, while more preempt ONNX Runtime's own threads, whose
+        parallel operators then wait for the slowest (ARS-5 noise, 2 cores: 92,000-104,000
+        samples/s with one noise thread against 74,500-96,400 with two, bench/scheduler_loop.py)."""
+        cores = os.cpu_count() or 1
+        return self.noise_threads or (max(1, cores // 4) if network_on_this_cpu else cores)
 
     @property
     def effective_pipeline_depth(self) -> int:

@@ -31,6 +31,7 @@ class Backend(ABC):
 
     name: str
     generates_noise: bool = False
+    uses_host_cpu: bool = False  # the networks run on this process's CPU cores
 
     @abstractmethod
     async def start(self) -> ModelStates:

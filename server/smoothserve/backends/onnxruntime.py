@@ -46,6 +46,7 @@ class OnnxRuntimeBackend(Backend):
         # caches (a ResNet-20 lost about 15 % of its throughput with 3 runs in flight); the
         # pipeline's other batches still fill their noise meanwhile.
         cpu_only = self.providers == ["CPUExecutionProvider"]
+        self.uses_host_cpu = cpu_only
         runs = 1 if cpu_only else max_concurrent_batches
         self._executor = ThreadPoolExecutor(runs, thread_name_prefix="ort")
         self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
