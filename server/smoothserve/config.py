@@ -143,7 +143,6 @@ class ServerConfig:
             parser.error("; ".join(problems))
         return config
 
-    @property
     def noise_threads_for(self, network_on_this_cpu: bool) -> int:
         """With the network on the same cores, fewer noise threads: one noise thread overlaps
         a batch's fill with the next run, while more preempt ONNX Runtime's own threads, whose
