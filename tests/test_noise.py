@@ -316,3 +316,14 @@ def test_a_server_asked_for_a_missing_generator_says_so(repo, monkeypatch, tmp_p
         SmoothServeClient(server.address) as client,
     ):
         assert client.model_info("pixel").noise_generator == "pcg64"
+
+
+def test_noise_threads_leave_the_cores_to_a_network_on_the_same_cpu(monkeypatch):
+    from smoothserve.config import ServerConfig
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert ServerConfig().noise_threads_for(network_on_this_cpu=True) == 4
+    assert ServerConfig().noise_threads_for(network_on_this_cpu=False) == 16
+    assert ServerConfig(noise_threads=3).noise_threads_for(network_on_this_cpu=True) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert ServerConfig().noise_threads_for(network_on_this_cpu=True) == 1
