@@ -3,6 +3,12 @@ with the ONNX Runtime backend for a few (noise threads, batch size, pipeline dep
 for each noise generator installed.
 
     .venv/bin/python bench/scheduler_loop.py [--model fmnist_cnn_smoothadv_s050] [--generators ars5,pcg64]
+        [--settings threads:batch:depth,...] [--rounds N]
+
+With --rounds, each round first measures the raw network (2 s, batch 1,024) and the host noise
+on all cores, then every setting, and prints each setting's ratio to raw and to the noise +
+network ceiling of that round: this machine's speed drifts too much between minutes for
+ratios across separate runs.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.metrics import Metrics
@@ -57,6 +64,34 @@ async def scheduler_rate(
     return rate
 
 
+def raw_rate(model_name: str, batch: int = 1024, seconds: float = 2.0) -> float:
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    path = max((ROOT / "model_repo" / model_name).glob("*/model.onnx"))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.rand(batch, *session.get_inputs()[0].shape[1:]).astype(np.float32)
+    session.run(None, {name: x})
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {name: x})
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def rounds(args, settings) -> None:
+    for generator in args.generators.split(","):
+        for k in range(args.rounds):
+            raw = raw_rate(args.model)
+            noise = noise_only((1, 28, 28), 2, generator, batches=60)
+            ceiling = 1 / (1 / raw + 1 / noise)
+            line = [f"{generator} round {k + 1}: raw {raw:,.0f}, noise {noise:,.0f}, ceiling {ceiling:,.0f}"]
+            for threads, batch, depth in settings:
+                rate = asyncio.run(scheduler_rate(args.model, threads, batch, depth, args.n, generator))
+                line.append(f"{threads}:{batch}:{depth} {rate:,.0f} ({rate / raw:.2f} raw, {rate / ceiling:.2f} ceiling)")
+            print(" | ".join(line), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="fmnist_cnn_smoothadv_s050")
@@ -64,8 +99,12 @@ def main() -> None:
     default = "ars5,pcg64" if fast_generator_installed() else "pcg64"
     parser.add_argument("--generators", default=default)
     parser.add_argument("--settings", default="", help="threads:batch:depth,... (default: a few)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds with raw and ceiling")
     args = parser.parse_args()
     settings = [tuple(map(int, s.split(":"))) for s in args.settings.split(",") if s] or SETTINGS
+    if args.rounds:
+        rounds(args, settings)
+        return
     for generator in args.generators.split(","):
         for threads in (1, 2):
             rate = noise_only((1, 28, 28), threads, generator)
