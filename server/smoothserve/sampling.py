@@ -2,13 +2,12 @@
 
 The scheduler cuts batches of segments (consecutive samples of one job); a ``NoiseStrategy``,
 chosen once per scheduler, turns a batch into class indices. Either way every sample is
-x + sigma * eps with eps ~ N(0, I) from an ARS-5 or PCG64 (or, on a GPU, Philox) generator keyed from
-the request's own generator, and no two samples share noise.
+x + sigma * eps with eps ~ N(0, I) from an ARS-5 or PCG64 (or, on a GPU, Philox) generator
+keyed from the request's own generator, and no two samples share noise.
 
 - ``HostNoise``, for backends that take a batch (``classify``): each job gets a
   ``NoiseStream`` (ARS-5 or PCG64, ``noise.py``), so the noise of sample i depends only on the
-  job's key and i, and a seeded
-  request gets the same counts however it is batched. Batches are filled into host buffers
+  job's key and i, and a seeded request gets the same counts however it is batched. Batches are filled into host buffers
   one at a time, in cut order, by one fill thread (each fill's chunks spread over
   ``noise_threads`` threads), then sent to the backend.
 - ``DeviceNoise``, for backends with ``generates_noise``: per segment, a seed drawn from the
