@@ -327,3 +327,59 @@ def test_noise_threads_leave_the_cores_to_a_network_on_the_same_cpu(monkeypatch)
     assert ServerConfig(noise_threads=3).noise_threads_for(network_on_this_cpu=True) == 3
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert ServerConfig().noise_threads_for(network_on_this_cpu=True) == 1
+
+
+# False certificates: what a noise source that broke independence would do to a radius ------
+
+
+class _KeyedByCall(noise.Ars5Stream):
+    """A broken stream: each call restarts at sample 0, so the batches of one job repeat."""
+
+    def pieces(self, out, start):
+        self._open = None
+        return super().pieces(out, 0)
+
+
+def _false_certificate_rate(make_stream, trials: int = 300) -> float:
+    """CERTIFY on a linear classifier whose exact radius is known (tests/test_linear_radius.py),
+    its samples drawn in calls of 10 as the scheduler cuts a job shared with other requests;
+    the fraction of certificates whose radius exceeds the truth, at alpha = 0.1."""
+    from smoothserve.certify import certify
+
+    w = np.random.default_rng(1).normal(size=SHAPE)
+    x = np.full(SHAPE, 0.5) + 0.15 * w / np.linalg.norm(w)  # 0.15 from the boundary w.(x - 0.5)
+    truth = 0.15
+    rng = noise_generator()
+    false = 0
+    for _ in range(trials):
+        counts = []
+        for num in (20, 200):  # selection, then estimation: one stream each
+            stream, votes = make_stream(rng), np.zeros(2, int)
+            for start in range(0, num, 10):
+                out = np.empty((10, *SHAPE), np.float32)
+                for rows, generator in stream.pieces(out, start):
+                    stream.fill(rows, x.astype(np.float32), SIGMA, generator)
+                score = (out.reshape(10, -1).astype(np.float64) - 0.5) @ w.reshape(-1)
+                votes += np.bincount((score > 0).astype(int), minlength=2)
+            counts.append(votes)
+        result = certify(counts[0], counts[1], SIGMA, 0.1)
+        false += result.prediction == 1 and result.radius > truth
+    return false / trials
+
+
+# At most alpha = 0.1 of certificates may be false; Clopper-Pearson keeps it well below. The
+# bound allows 4 standard errors above alpha.
+FALSE_RATE_BOUND = 0.1 + 4 * np.sqrt(0.1 * 0.9 / 300)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_false_certificates_stay_within_alpha(generator):
+    rate = _false_certificate_rate(lambda rng: noise_stream(rng, SHAPE, generator))
+    assert rate <= FALSE_RATE_BOUND
+
+
+def test_the_false_certificate_check_catches_noise_reused_across_batches():
+    """The check above can fail: noise keyed by call instead of sample index (every batch of
+    a job the same) certifies radii beyond the truth far more often than alpha."""
+    rate = _false_certificate_rate(lambda rng: _KeyedByCall(rng, SHAPE))
+    assert rate > FALSE_RATE_BOUND
