@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from run_benchmark import raw_throughput
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.metrics import Metrics
@@ -65,18 +66,9 @@ async def scheduler_rate(
 
 
 def raw_rate(model_name: str, batch: int = 1024, seconds: float = 2.0) -> float:
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     path = max((ROOT / "model_repo" / model_name).glob("*/model.onnx"))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.rand(batch, *session.get_inputs()[0].shape[1:]).astype(np.float32)
-    session.run(None, {name: x})
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, {name: x})
-        done += batch
-    return done / (time.perf_counter() - started)
+    shape = tuple(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[1:])
+    return raw_throughput(path, shape, (batch,), seconds)[batch]
 
 
 def rounds(args, settings) -> None:

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import create_backend
 from .backends.base import Backend, probe_batch
+from .config import ServerConfig
 from .model_config import BATCH_SIZE_PARAMETER, SmoothModelConfig
 from .repository import ModelVersion
 
@@ -110,9 +112,6 @@ def with_batch_size(pbtxt: str, size: int) -> str:
 
 def tune_repository(repo: Path, names: list[str], backend_name: str = "onnxruntime") -> None:
     """Measure each model's best batch size and write it into its ``config.pbtxt``."""
-    from .backends import create_backend
-    from .config import ServerConfig
-
     async def run() -> None:
         backend = create_backend(ServerConfig(model_repo=repo, backend=backend_name))
         states = await backend.start()

@@ -146,8 +146,9 @@ class ServerConfig:
     def noise_threads_for(self, network_on_this_cpu: bool) -> int:
         """With the network on the same cores, fewer noise threads: one noise thread overlaps
         a batch's fill with the next run, while more preempt ONNX Runtime's own threads, whose
-        parallel operators then wait for the slowest (ARS-5 noise, 2 cores: 92,000-104,000
-        samples/s with one noise thread against 74,500-96,400 with two, bench/scheduler_loop.py)."""
+        parallel operators then wait for the slowest (ARS-5 noise, 2 cores: 95,800-106,300
+        samples/s with one noise thread against 90,100-97,100 with two,
+        `bench/scheduler_loop.py --generators ars5 --settings 1:1024:3,2:1024:3 --rounds 3`)."""
         cores = os.cpu_count() or 1
         return self.noise_threads or (max(1, cores // 4) if network_on_this_cpu else cores)
 

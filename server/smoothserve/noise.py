@@ -4,7 +4,7 @@
   built on five AES rounds (Salmon et al., SC 2011). Its state is a 128-bit key and a 128-bit
   counter: output i is a function of the key and i alone, and the period is 2**130 32-bit
   words. Normals come from the inverse CDF of one 32-bit uniform each, in double precision
-  (so the tails are cut at |z| = 6.3, a mass of 3e-10 per coordinate), rounded to float32
+  (so the tails are cut at |z| = 6.3, a mass of 2e-10 per coordinate), rounded to float32
   after scaling. About 2.3-3x NumPy's normals per core on this project's machine.
 - ``pcg64`` (NumPy, always installed): PCG64, period 2**128, ziggurat normals in float32.
 
