@@ -15,6 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from smoothserve.certify import certify
+from smoothserve.model_config import SmoothModelConfig
 from smoothserve.records import Signer, certificate_record, check_signature
 from smoothserve.verify import recompute
 from smoothserve_client.types import PredictResult
@@ -45,14 +46,18 @@ def main() -> None:
         mode="certify", n0=100, n=100_000, alpha=0.001, sigma=0.5, model_name="fmnist",
         model_version="1", model_sha256="0" * 64, server_time_seconds=1.0, seed=None,
     )  # fmt: skip
-    record = certificate_record(result, "1" * 64, (1, 28, 28), "uint8", signer.key_id)
+    config = SmoothModelConfig(name="fmnist", sigma=0.5, labels=tuple(map(str, range(10))),
+                               input_shape=(1, 28, 28))  # fmt: skip
+    record = certificate_record(result, "1" * 64, (1, 28, 28), "uint8", signer.key_id,
+                                model_config=config)  # fmt: skip
     signature = signer.sign(record)
     public = Ed25519PrivateKey.generate().public_key()
     parsed = __import__("json").loads(record)
 
     baseline = per_call(lambda: certify(selection, counts, 0.5, 0.001), args.repeat)
     build = per_call(lambda: certificate_record(result, "1" * 64, (1, 28, 28), "uint8",
-                                                signer.key_id), args.repeat)  # fmt: skip
+                                                signer.key_id, model_config=config),
+                     args.repeat)  # fmt: skip
     sign = per_call(lambda: signer.sign(record), args.repeat)
     verify = per_call(lambda: check_signature(record, signature, public), args.repeat)
     redo = per_call(lambda: recompute(parsed), args.repeat // 4)

@@ -226,9 +226,11 @@ def test_without_a_configured_key_records_verify_with_the_served_key(linear_repo
 
 def test_a_bad_signing_key_stops_the_server_with_one_line(linear_repo, tmp_path):
     (tmp_path / "bad.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    (tmp_path / "bad.pem").chmod(0o600)  # refused for its content, not its permissions
     with pytest.raises(RuntimeError) as failed:
         ServerProcess(linear_repo, ["--signing-key", str(tmp_path / "bad.pem")]).start()
     assert "signing key" in str(failed.value) and "Traceback" not in str(failed.value)
+    assert "chmod" not in str(failed.value)
 
 
 def test_the_console_scripts_run(saved, keys):

@@ -36,6 +36,7 @@ class ServerProcess:
         self.http_port = -1
         self._dir = tempfile.TemporaryDirectory(prefix="smoothserve-")
         self.log_path = Path(self._dir.name) / "server.log"
+        self._final_log = ""
 
     @property
     def address(self) -> str:
@@ -73,7 +74,11 @@ class ServerProcess:
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The server's log so far; after the ``with`` block, the whole log (kept when the
+        temporary folder goes, so a check made after the block still reads it)."""
+        if self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return self._final_log
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
@@ -96,4 +101,5 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self._final_log = self.log()
         self._dir.cleanup()

@@ -23,12 +23,13 @@ from .batch_tuning import choose_batch_size
 from .config import ServerConfig
 from .dataplane import DataPlane
 from .errors import ShuttingDown, SmoothServeError
-from .metrics import Metrics
+from .metrics import Metrics, metrics_limits
 from .records import Signer
 from .scheduler import BatchScheduler
 from .tracing import RequestIdFilter
 from .transport.auth import (
     BearerTokenInterceptor,
+    FailureLimiter,
     rest_tls,
     server_credentials,
     tokens_from_config,
@@ -57,6 +58,8 @@ class Server:
         self.metrics_port = -1
         self.http_port = -1
         self.rest = None
+        self.auth_limiter = FailureLimiter()  # failed tokens per address, both gRPC and REST
+        self.prechecks = dict(PRECHECKS)  # the OIP transport adds its own (wire.py)
         self.accepting = False  # OIP readiness: true between start-up and the drain
 
     async def start(self) -> None:
@@ -64,6 +67,12 @@ class Server:
             states = await self.backend.start()
         except SmoothServeError as exc:  # no repository, no Triton: one line, no traceback
             raise SystemExit(f"cannot start: {exc}") from None
+        if self.config.batch_size:  # checked per model before any batch is allocated
+            for name, versions in list(states.ready.items()):
+                config = next(iter(versions.values())).config
+                problem = config.batch_problem(self.config.batch_size, "--batch-size")
+                if problem:
+                    states.fail(name, f"model {name}: {problem}")
         models = states.ready
         self.metrics.models.labels("ready").set(sum(len(v) for v in models.values()))
         self.metrics.models.labels("failed").set(len(states.failed))
@@ -112,8 +121,8 @@ class Server:
         self.grpc_server = grpc.aio.server(
             interceptors=[
                 HealthWatchLimit(),
-                *([BearerTokenInterceptor(tokens)] if tokens else []),
-                MalformedRequestInterceptor(PRECHECKS),
+                *([BearerTokenInterceptor(tokens, self.auth_limiter)] if tokens else []),
+                MalformedRequestInterceptor(self.prechecks),
             ],
             # The outer door: beyond this many calls, gRPC core answers RESOURCE_EXHAUSTED at
             # once, without the event loop; admission refuses the few in between.
@@ -146,7 +155,8 @@ class Server:
             log.warning("bearer tokens over plaintext gRPC: anyone on the path can read them")
         await self.grpc_server.start()
         if c.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+            limits = metrics_limits(c.http_header_timeout_s, c.http_body_timeout_s)
+            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port, limits)
         if self.rest is not None:
             tls = rest_tls(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert else None
             self.http_port = await self.rest.start(c.host, c.http_port, tls)
@@ -175,10 +185,15 @@ class Server:
                 from .transport import oip_grpc
 
                 oip_grpc.add_to_server(plane, lambda: self.accepting, self.grpc_server)
+                self.prechecks.update(oip_grpc.PRECHECKS)
             if c.http_port >= 0:
+                from .transport.http_server import HttpLimits
                 from .transport.oip_rest import RestServer
 
-                self.rest = RestServer(plane, lambda: self.accepting, tokens, c.max_message_bytes)
+                limits = HttpLimits(c.http_header_timeout_s, c.http_body_timeout_s,
+                                    c.http_max_connections)  # fmt: skip
+                self.rest = RestServer(plane, lambda: self.accepting, tokens, c.max_message_bytes,
+                                       self.auth_limiter, limits)  # fmt: skip
         except ImportError as exc:
             if c.http_port >= 0:
                 raise SystemExit(f"--http-port needs the oip extra (pip install 'smoothserve[oip]'): {exc}") from None
@@ -202,6 +217,7 @@ class Server:
             await self.grpc_server.stop(0.5 if drained else 0)
         if self.rest is not None:
             await self.rest.stop()
+        await self.metrics.stop()
         tracing.shutdown()
         for scheduler in self.schedulers.values():
             await scheduler.close()

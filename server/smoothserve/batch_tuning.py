@@ -46,8 +46,12 @@ class BatchChoice:
 
 
 def candidates(config: SmoothModelConfig) -> tuple[int, ...]:
+    """The sizes to measure: within the config's max_batch_size and the memory one batch may
+    take (``model_config.MAX_BATCH_BYTES``: large inputs measure smaller batches)."""
     limit = config.max_batch_size or max(CANDIDATES)
-    return tuple(size for size in CANDIDATES if size <= limit) or (limit,)
+    sizes = [size for size in CANDIDATES if size <= limit] or [limit]
+    fitting = tuple(size for size in sizes if not config.batch_problem(size, "batch size"))
+    return fitting or (1,)
 
 
 async def measure(

@@ -42,6 +42,9 @@ class ServerConfig:
     metrics_host: str = _option("0.0.0.0", "Address the Prometheus metrics server binds.", str)
     metrics_port: int = _option(9464, "Prometheus metrics port; 0 picks a free one, -1 disables.", int)
     http_port: int = _option(-1, "Open Inference Protocol REST port (/v2/...; Triton uses 8000); 0 picks a free one, -1 disables. Needs the `oip` extra.", int)
+    http_header_timeout_s: float = _option(10.0, "Seconds a client of the REST and metrics ports has to send a request's head (line and headers), counted from connecting or from its previous response; slower connections are closed.", float)
+    http_body_timeout_s: float = _option(30.0, "Seconds a request body on the REST and metrics ports may take to arrive, from the end of its head; slower connections are closed.", float)
+    http_max_connections: int = _option(1000, "Open connections on the REST port, lowered to stay 512 below the open-file limit; past it a new connection closes the oldest one waiting for a request, or is closed itself if every one is busy.", int)
     oip_grpc: bool = _option(True, "Serve the Open Inference Protocol's gRPC service (inference.GRPCInferenceService) on the gRPC port, when the `oip` extra is installed.", _bool)
     backend: str = _option("onnxruntime", "Backend that runs the base network.", str, ("onnxruntime", "triton", "torch"))
     triton_urls: tuple[str, ...] = _option((), "Triton gRPC endpoints, comma-separated host:port.", _csv)
@@ -79,6 +82,7 @@ class ServerConfig:
     allow_client_seeds: bool = _option(False, "Accept requests that choose the noise seed (audits that must replay a certificate). Off: such requests get FAILED_PRECONDITION, since a client that picks seeds can search for one that certifies.", _bool)
     signing_key: Path | None = _option(None, "PEM Ed25519 private key (PKCS#8, unencrypted) that signs certificate records; `smoothserve-key generate` makes one. Unset (and no --signing-key-pem): a key for this process only, with a warning.", Path)
     signing_key_pem: str = _option("", "The signing key itself as PEM text, for deployments that inject secrets as environment variables; prefer the variable to the flag.", str, secret=True)
+    model_load_timeout_s: float = _option(60.0, "Seconds one model version may take to load (onnxruntime backend: building the session and running a probe batch); a model that takes longer fails (see --exit-on-error) and its probe is stopped, though a session still being built finishes in the background.", float)
     exit_on_error: bool = _option(True, "Exit at start-up when a model fails to load (as Triton's --exit-on-error); false: serve the others and report the failed ones in ListModels, GetModelInfo and the smoothserve_models metric.", _bool)
     otlp_endpoint: str = _option("", "OpenTelemetry: export spans (admission, sampling, statistics per request) to this OTLP/gRPC collector, e.g. http://collector:4317 (https for TLS); empty: no tracing. Needs the `tracing` extra.", str)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
@@ -193,6 +197,12 @@ class ServerConfig:
             found.append("the triton backend needs --triton-urls")
         if self.triton_timeout_s <= 0:
             found.append("triton_timeout_s must be positive")
+        if not 0 < self.model_load_timeout_s <= 86_400:
+            found.append("model_load_timeout_s must lie in (0, 86400]")
+        if not (0 < self.http_header_timeout_s <= 3600 and 0 < self.http_body_timeout_s <= 3600):
+            found.append("http_header_timeout_s and http_body_timeout_s must lie in (0, 3600]")
+        if self.http_max_connections < 1:
+            found.append("http_max_connections must be at least 1")
         if not 0 <= self.max_connection_age_s < 2**31 / 1000:  # gRPC takes it as int32 ms
             found.append("max_connection_age_s must lie in [0, 2147483)")
         return found

@@ -30,66 +30,27 @@ from .metrics import Metrics
 from .noise import noise_generator
 from .records import Signer, certificate_record
 from .repository import ModelVersion, latest
+from .request import (  # noqa: F401 - PREDICT..MAX_RANK: the request's names, re-exported
+    CERTIFY,
+    DTYPES,
+    MAX_NAME_CHARS,
+    MAX_RANK,
+    PREDICT,
+    PROCEDURES,
+    PredictInput,
+    check_procedure_fields,
+    check_request_bounds,
+    quote,
+)
 from .scheduler import BatchScheduler
 from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
 log = logging.getLogger(__name__)
-CERTIFY, PREDICT = "certify", "predict"
 FIXED_N = sequential.FIXED_N
-PROCEDURES = (FIXED_N, sequential.TARGET, sequential.ANYTIME)
 # Anytime certificates stop starting looks this long before the deadline, on top of the time
 # the next look is expected to take (measured from the looks before it).
 ANSWER_MARGIN_S = 0.02
-DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
-# Checked before anything else is read from a request, so that no error message, log line or
-# copy grows with what a client sends.
-MAX_NAME_CHARS = 256
-MAX_VERSION_CHARS = 19  # a version is a decimal number that fits in int64
-MAX_RANK = 8
-MAX_TENSOR_HEADER_BYTES = MAX_RANK * 11 + 16  # shape (packed or not) and dtype, on the wire
-QUOTE_CHARS = 64
-
-
-def quote(text: str, limit: int = QUOTE_CHARS) -> str:
-    """Client data in a message: repr of at most ``limit`` characters."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
-
-
-def check_request_bounds(model_name: str, model_version: str, rank: int = 0) -> None:
-    """The bounds a request must meet before the server copies or quotes any of it."""
-    if len(model_name) > MAX_NAME_CHARS:
-        raise InvalidArgument(f"model name longer than {MAX_NAME_CHARS} characters")
-    if len(model_version) > MAX_VERSION_CHARS:
-        raise InvalidArgument(f"model version longer than {MAX_VERSION_CHARS} characters")
-    if rank > MAX_RANK:
-        raise InvalidArgument(f"input shape has {rank} dimensions; at most {MAX_RANK} are allowed")
-
-
-def check_tensor_header(header_bytes: int) -> None:
-    """The shape and dtype of an input take at most a few bytes on the wire; more means a
-    shape of too many dimensions, refused before it is built (it may take 16x its bytes)."""
-    if header_bytes > MAX_TENSOR_HEADER_BYTES:
-        raise InvalidArgument(f"input shape has more than {MAX_RANK} dimensions")
-
-
-@dataclass(frozen=True)
-class PredictInput:
-    model_name: str
-    model_version: str
-    shape: tuple[int, ...]
-    dtype: str  # "float32" or "uint8"; anything else is rejected
-    data: bytes
-    mode: str = CERTIFY
-    n0: int | None = None
-    n: int | None = None
-    alpha: float | None = None
-    seed: int | None = None
-    procedure: str = FIXED_N
-    target_radius: float | None = None
-    tolerance: float | None = None
-    deadline: float | None = None  # time.monotonic() by which the answer must be sent
-    sound_noise: bool | None = None  # None: the model's config decides (sound_noise.py)
 
 
 @dataclass(frozen=True)
@@ -298,12 +259,16 @@ class DataPlane:
             return self.signed(result, request)
 
     def signed(self, result: PredictResult, request: PredictInput) -> PredictResult:
-        """The result with its certificate record and the record's signature (``records.py``)."""
+        """The result with its certificate record and the record's signature (``records.py``):
+        the record binds the served model's smoothing config and the look plan (the server's
+        first look; the cap is where the result's schedule ends)."""
         scheduler = self.schedulers[(result.model_name, result.model_version)]
         generator = "pcg64" if result.sound_noise else scheduler.noise.generator
+        model = self.models[result.model_name][result.model_version]
         record = certificate_record(
             result, hashlib.sha256(request.data).hexdigest(), tuple(request.shape),
             request.dtype, self.signer.key_id, noise_generator=generator,
+            model_config=model.config, first_look=self.config.first_look,
         )  # fmt: skip
         return replace(result, record=record, record_signature=self.signer.sign(record))
 
@@ -423,6 +388,7 @@ class DataPlane:
             raise InvalidArgument(f"unknown procedure {request.procedure!r}")
         if request.procedure != FIXED_N and request.mode != CERTIFY:
             raise InvalidArgument("sequential procedures certify: use mode CERTIFY")
+        check_procedure_fields(request)
         target = request.target_radius
         if request.procedure == sequential.TARGET and not (
             target is not None and math.isfinite(target) and target > 0

@@ -3,16 +3,23 @@ Grafana dashboard; a test checks that the dashboard only queries names a scrape 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import gzip
 import logging
-import queue
-import selectors
-import socket
 import threading
-import time
-from http.server import HTTPServer
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import MetricsHandler
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from .transport.http_server import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    METRICS_MAX_CONNECTIONS,
+    HttpDoor,
+    HttpLimits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +31,9 @@ SAMPLE_BUCKETS = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 10
                   1_000_000)  # fmt: skip
 RADIUS_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
-# The /metrics HTTP server. A connection waits without a thread until it sends something, then
-# one of a few workers serves it; past the connection cap the oldest silent one is closed.
-METRICS_WORKERS = 4
-METRICS_MAX_CONNECTIONS = 64
-METRICS_IDLE_TIMEOUT_S = 5.0  # to start sending a request
-METRICS_IO_TIMEOUT_S = 5.0  # per read or write once a worker has the connection
+# The /metrics HTTP server: one thread, running an event loop of its own (transport/http_server.py
+# holds its timeouts and its cap of METRICS_MAX_CONNECTIONS connections).
+METRICS_WORKERS = 1
 
 
 class Metrics:
@@ -37,6 +41,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._server: MetricsServer | None = None
         r = self.registry
         self.requests = Counter(
             "smoothserve_requests", "Predict requests by model, mode and outcome (certified, "
@@ -105,123 +110,70 @@ class Metrics:
             "(samples_in_flight, concurrent_requests, shutting_down).", ["reason"], registry=r,
         )  # fmt: skip
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP server in a thread; return the bound port (0 picks one)."""
-        server = BoundedMetricsServer(host, port, self.registry)
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-        return server.server_port
+    def serve(self, host: str, port: int, limits: HttpLimits | None = None) -> int:
+        """Start the /metrics HTTP server on a thread of its own; return the bound port (0 picks
+        one). ``stop()`` closes it."""
+        self._server = MetricsServer(self.registry, limits or metrics_limits())
+        return self._server.start(host, port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
 
 
-def _bind_family(host: str, port: int) -> tuple[socket.AddressFamily, str]:
-    """The address family and address to bind for ``host`` (IPv4 or IPv6, as it resolves)."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    return family, str(sockaddr[0])
+def metrics_limits(header_timeout: float = HEADER_TIMEOUT_S,
+                   body_timeout: float = BODY_TIMEOUT_S) -> HttpLimits:  # fmt: skip
+    return HttpLimits(header_timeout, body_timeout, METRICS_MAX_CONNECTIONS)
 
 
-class BoundedMetricsServer(HTTPServer):
-    """prometheus_client's exposition handler with a bounded number of threads and connections.
+class MetricsServer:
+    """prometheus_client's exposition of ``registry`` at ``/metrics``, on an aiohttp door
+    (``transport.http_server``: header and body timeouts, a connection cap, quiet logs) run by
+    an event loop on a thread of its own, so a scrape answers even while the server's loop is
+    busy. Honours ``Accept`` (OpenMetrics), ``Accept-Encoding: gzip`` and ``name[]``."""
 
-    One thread accepts connections and watches them in a selector until they send a request;
-    ``workers`` threads serve the ones that have. Silent connections are closed after
-    ``idle_timeout`` seconds, or sooner, oldest first, when ``max_connections`` are open. A
-    thread per connection (prometheus_client's own server) lets half-open connections pile up
-    threads without limit.
-    """
+    def __init__(self, registry: CollectorRegistry, limits: HttpLimits) -> None:
+        self.registry = registry
+        app = web.Application(client_max_size=64 * 1024)
+        app.add_routes([web.get("/metrics", self._metrics)])
+        self.door = HttpDoor(app, "metrics port", limits)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
-    request_queue_size = 128
+    def start(self, host: str, port: int) -> int:
+        loop = self._loop = asyncio.new_event_loop()
+        bound: concurrent.futures.Future[int] = concurrent.futures.Future()
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        registry: CollectorRegistry,
-        workers: int = METRICS_WORKERS,
-        max_connections: int = METRICS_MAX_CONNECTIONS,
-        idle_timeout: float = METRICS_IDLE_TIMEOUT_S,
-    ) -> None:
-        self.address_family, host = _bind_family(host, port)
-        handler = type(
-            "MetricsHandler", (MetricsHandler.factory(registry),), {"timeout": METRICS_IO_TIMEOUT_S}
-        )
-        super().__init__((host, port), handler)
-        self.socket.setblocking(False)
-        self._workers, self._max_connections = workers, max_connections
-        self._idle_timeout = idle_timeout
-        self._idle: dict[socket.socket, tuple[float, object]] = {}  # oldest first
-        self._queued = 0  # handed to the workers, not yet closed
-        self._lock = threading.Lock()
-        self._ready: queue.SimpleQueue = queue.SimpleQueue()
-        self._selector = selectors.DefaultSelector()
-        self._stop, self._stopped = threading.Event(), threading.Event()
-        for i in range(workers):  # daemons: a stuck client must not hold up the process's exit
-            threading.Thread(target=self._work, name=f"metrics-http-{i}", daemon=True).start()
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        self._selector.register(self.socket, selectors.EVENT_READ)
-        try:
-            while not self._stop.is_set():
-                for key, _ in self._selector.select(poll_interval):
-                    if key.fileobj is self.socket:
-                        self._accept()
-                    else:
-                        self._hand_over(key.fileobj)
-                self._expire(time.monotonic())
-        finally:
-            for connection in list(self._idle):
-                self._drop(connection)
-            for _ in range(self._workers):
-                self._ready.put(None)
-            self._selector.close()
-            self._stopped.set()
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        self._stopped.wait()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("metrics request from %s failed", client_address, exc_info=True)
-
-    def _accept(self) -> None:
-        try:
-            connection, address = self.socket.accept()
-        except OSError:  # gone before we got to it
-            return
-        if len(self._idle) + self._queued >= self._max_connections:
-            if not self._idle:
-                self.close_request(connection)
-                return
-            self._drop(next(iter(self._idle)))
-        self._idle[connection] = (time.monotonic(), address)
-        self._selector.register(connection, selectors.EVENT_READ)
-
-    def _hand_over(self, connection: socket.socket) -> None:
-        self._selector.unregister(connection)
-        _, address = self._idle.pop(connection)
-        with self._lock:
-            self._queued += 1
-        self._ready.put((connection, address))
-
-    def _expire(self, now: float) -> None:
-        for connection, (since, _) in list(self._idle.items()):
-            if now - since < self._idle_timeout:
-                break
-            self._drop(connection)
-
-    def _drop(self, connection: socket.socket) -> None:
-        self._selector.unregister(connection)
-        del self._idle[connection]
-        self.close_request(connection)
-
-    def _work(self) -> None:
-        while (item := self._ready.get()) is not None:
-            connection, address = item
+        def run() -> None:
+            asyncio.set_event_loop(loop)
             try:
-                self.finish_request(connection, address)
-            except Exception:
-                self.handle_error(connection, address)
-            finally:
-                self.shutdown_request(connection)
-                with self._lock:
-                    self._queued -= 1
+                bound.set_result(loop.run_until_complete(self.door.start(host, port)))
+            except BaseException as exc:  # a port in use: the caller raises it
+                bound.set_exception(exc)
+                loop.close()
+                return
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="metrics-http", daemon=True)
+        self._thread.start()
+        return bound.result()
+
+    async def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed():
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.door.stop(), loop))
+        loop.call_soon_threadsafe(loop.stop)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        registry = self.registry
+        if names := request.query.getall("name[]", []):
+            registry = registry.restricted_registry(names)
+        body = encoder(registry)
+        headers = {"Content-Type": content_type}
+        if gzip_accepted(request.headers.get("Accept-Encoding", "")):
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        return web.Response(body=body, headers=headers)

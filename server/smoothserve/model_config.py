@@ -42,6 +42,13 @@ SMOOTHING_PARAMETERS = (
 BOOLEANS = {"true": True, "false": False}
 # Noise of up to this many standard deviations must stay finite in float32.
 MAX_SIGMA = float(np.finfo(np.float32).max) / 1e3
+# Sane maxima, checked before anything is allocated: a typo of 10**9 in a config must fail
+# the model with a line naming the field, not the server with numpy's "Unable to allocate".
+MAX_BATCH = 65_536  # max_batch_size and smoothserve_batch_size
+MAX_INPUT_ELEMENTS = 1 << 26  # per sample: 64 Mi floats (256 MiB), e.g. 3 x 4,096 x 4,096
+MAX_BATCH_BYTES = 4 << 30  # one float32 batch of smoothserve_batch_size samples (the
+# scheduler keeps --pipeline-depth of them per model)
+MAX_LABELS = 100_000
 
 
 class ModelConfigError(ValueError):
@@ -75,6 +82,24 @@ class SmoothModelConfig:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def input_elements(self) -> int:
+        """Values per sample (exact: Python integers, no overflow for absurd dims)."""
+        return math.prod(self.input_shape)
+
+    def batch_problem(self, size: int, source: str) -> str:
+        """Why a batch of ``size`` samples cannot be allocated for this model ("" when it can);
+        ``source`` names where the size comes from (a flag, a field)."""
+        if not 1 <= size <= MAX_BATCH:
+            return f"{source} must lie in [1, {MAX_BATCH:,}], got {size:,}"
+        if size * self.input_elements * 4 > MAX_BATCH_BYTES:
+            return (
+                f"{source} {size:,} of inputs {list(self.input_shape)} needs "
+                f"{size * self.input_elements * 4 / 2**30:,.1f} GiB per batch, more than the "
+                f"{MAX_BATCH_BYTES / 2**30:.0f} GiB allowed"
+            )
+        return ""
+
     def problems(self) -> list[str]:
         """Why this config cannot be served (empty when it can)."""
         found = []
@@ -89,13 +114,26 @@ class SmoothModelConfig:
             found.append(f"value_range must be finite with low < high, got {list(self.value_range)}")
         if not self.input_shape or any(d < 1 for d in self.input_shape):
             found.append(f"input_shape must have positive dims, got {list(self.input_shape)}")
+        elif self.input_elements > MAX_INPUT_ELEMENTS:
+            found.append(
+                f"input_shape {list(self.input_shape)} has {self.input_elements:,} elements per "
+                f"sample, more than the {MAX_INPUT_ELEMENTS:,} allowed"
+            )
+        elif self.batch_size and self.batch_problem(self.batch_size, BATCH_SIZE_PARAMETER):
+            found.append(self.batch_problem(self.batch_size, BATCH_SIZE_PARAMETER))
+        if len(self.labels) > MAX_LABELS:
+            found.append(
+                f"labels must list at most {MAX_LABELS:,} classes, got {len(self.labels):,}"
+            )
         declared = [d for d in self.output_dims if d != -1]
         if declared and declared != [self.num_classes]:
             found.append(
                 f"output dims {list(self.output_dims)} disagree with the {self.num_classes} labels"
             )
-        if self.max_batch_size < 0:
-            found.append("max_batch_size must not be negative")
+        if not 0 <= self.max_batch_size <= MAX_BATCH:
+            found.append(
+                f"max_batch_size must lie in [0, {MAX_BATCH:,}], got {self.max_batch_size:,}"
+            )
         if self.batch_size < 0 or (self.max_batch_size and self.batch_size > self.max_batch_size):
             found.append(
                 f"{BATCH_SIZE_PARAMETER} must lie in [1, max_batch_size], got {self.batch_size}"

@@ -2,12 +2,15 @@
 
 A record is canonical JSON (UTF-8, ASCII only, keys sorted, no spaces; floats in Python's
 shortest round-trip form) of the certificate's inputs and outputs: the SHA-256 of the input's
-bytes, the model's name, version and SHA-256, sigma, alpha, n0, n, the counts, the procedure
-and its parameters, the answer, whether the client chose the noise seed, the server's version
-and the time. The server signs those exact bytes with Ed25519; a verifier checks the
-signature over the bytes it received and only then parses them, so it never has to rebuild
-the canonical form (docs/api.md, "Certificate records", is precise enough for another
-language).
+bytes, the model's name, version and SHA-256, the smoothing config the answer depends on
+(``config``: sigma, labels, value range, input shape and dtype, the model's noise setting) and
+its SHA-256, alpha, n0, n, the counts, the procedure, its parameters and its look plan (the
+first look and the cap the schedule follows from), the answer, whether the client chose the
+noise seed and which generator drew the noise, the server's version and the time. The server
+signs those exact bytes with Ed25519; a verifier checks the signature over the bytes it
+received and only then parses them, so it never has to rebuild the canonical form (docs/api.md,
+"Certificate records", is precise enough for another language). What each part binds, and what
+``smoothserve-verify`` rechecks: docs/security.md.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import stat
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +31,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from smoothserve_client.types import PredictResult, SigningKey
 
+from . import sequential
+from .model_config import SmoothModelConfig
+
 log = logging.getLogger(__name__)
-RECORD_FORMAT = "smoothserve.certificate.v1"
+RECORD_FORMAT = "smoothserve.certificate.v2"
+# v1 records bind neither the smoothing config (beyond sigma) nor the look plan; the verifier
+# checks them only when asked to (``--allow-format-v1``).
+RECORD_FORMAT_V1 = "smoothserve.certificate.v1"
 ALGORITHM = "Ed25519"
 # PredictResult fields that travel in the record as they are (the rest are added or left out:
 # the timing and the record itself are not part of a certificate).
@@ -82,6 +93,30 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
+MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM Ed25519 private key is about 120 bytes
+
+
+def read_key_file(path: Path) -> bytes:
+    """The bytes of a private key file, which must be a regular file of at most
+    ``MAX_KEY_FILE_BYTES`` that only its owner may read or write (as ssh requires: fix it with
+    ``chmod 600``). At most that many bytes are read, so ``/dev/zero`` cannot fill memory, and
+    the file is opened without blocking, so a FIFO cannot hang start-up."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_mode & 0o077:
+            raise ValueError(
+                f"permissions {stat.S_IMODE(info.st_mode):04o} are too open: other users may "
+                f"read the private key; run chmod 600 {path}"
+            )
+        data = file.read(MAX_KEY_FILE_BYTES + 1)
+    if info.st_size > MAX_KEY_FILE_BYTES or len(data) > MAX_KEY_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_KEY_FILE_BYTES // 1024} KiB: not a PEM private key")
+    return data
+
+
 class Signer:
     """Signs records with one Ed25519 key: a configured one, or one made for this process."""
 
@@ -97,9 +132,11 @@ class Signer:
             raise ValueError("set the signing key as a file or as PEM text, not both")
         if key_file is not None:
             try:
-                return cls(load_private_key(Path(key_file).read_bytes()), persistent=True)
-            except (OSError, ValueError, TypeError) as exc:
-                raise ValueError(f"signing key {key_file}: {exc}") from exc
+                return cls(load_private_key(read_key_file(Path(key_file))), persistent=True)
+            except OSError as exc:
+                raise ValueError(f"signing key {key_file}: {exc.strerror or exc}") from None
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"signing key {key_file}: {exc}") from None
         if key_pem:
             try:
                 return cls(load_private_key(key_pem.encode()), persistent=True)
@@ -126,6 +163,42 @@ def canonical_json(value: dict) -> bytes:
     ).encode("ascii")
 
 
+CONFIG_FIELDS = ("sigma", "labels", "value_range", "input_shape", "input_data_type", "sound_noise")
+
+
+def smoothing_config(config: SmoothModelConfig) -> dict:
+    """The part of a model's ``config.pbtxt`` that an answer depends on, as the record holds
+    it: sigma (the radius scales with it), the labels (which name the classes the counts are
+    of), the value range and input shape and dtype (how an input is read and where the noise is
+    added) and whether the model makes every request use sound noise. Left out, since they do
+    not change an answer: names of the tensors, batch sizes, instance counts, the platform."""
+    low, high = config.value_range
+    return {
+        "sigma": float(config.sigma),
+        "labels": list(config.labels),
+        "value_range": [float(low), float(high)],
+        "input_shape": [int(d) for d in config.input_shape],
+        "input_data_type": config.input_data_type,
+        "sound_noise": bool(config.sound_noise),
+    }
+
+
+def config_sha256(config: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of a record's ``config`` object."""
+    return hashlib.sha256(canonical_json(config)).hexdigest()
+
+
+def look_plan(result: PredictResult, first_look: int) -> dict:
+    """What a result's look schedule follows from: the first look size (the server's
+    ``--first-look``) and the cap (the n the request allowed, where every schedule ends);
+    fixed n and PREDICT: one look of n, first look 0."""
+    if result.mode == "certify" and result.procedure != sequential.FIXED_N:
+        if first_look < 1 or not result.look_schedule:
+            raise ValueError("a sequential result needs its schedule and a first look >= 1")
+        return {"first_look": int(first_look), "cap": int(result.look_schedule[-1])}
+    return {"first_look": 0, "cap": int(result.n)}
+
+
 def certificate_record(
     result: PredictResult,
     input_sha256: str,
@@ -134,23 +207,32 @@ def certificate_record(
     signer_key_id: str,
     when: datetime | None = None,
     noise_generator: str = "",
+    *,
+    model_config: SmoothModelConfig,
+    first_look: int = 0,
 ) -> bytes:
     """The canonical bytes of a result's record (see the module doc); ``noise_generator``
-    names what drew the noise (``noise.py``), which a replay of a seed needs."""
+    names what drew the noise (``noise.py``), which a replay of a seed needs;
+    ``model_config`` is the served model's config, ``first_look`` the server's first look
+    size (sequential procedures)."""
     when = when or datetime.now(UTC)
+    time = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    config = smoothing_config(model_config)
+    model = {"name": result.model_name, "version": result.model_version}
+    seed = {"client_chosen": result.seed is not None, "value": result.seed}
     record = {name: getattr(result, name) for name in RESULT_FIELDS}
     record.update(
         counts=list(result.counts),
         selection_counts=list(result.selection_counts),
         look_schedule=list(result.look_schedule),
         format=RECORD_FORMAT,
+        config=config,
+        config_sha256=config_sha256(config),
+        plan=look_plan(result, first_look),
         input={"sha256": input_sha256, "shape": list(input_shape), "dtype": input_dtype},
-        model={"name": result.model_name, "version": result.model_version,
-               "sha256": result.model_sha256},  # fmt: skip
-        seed={"client_chosen": result.seed is not None, "value": result.seed,
-              "generator": noise_generator},  # fmt: skip
-        server={"version": server_version(),
-                "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z")},  # fmt: skip
+        model={**model, "sha256": result.model_sha256},
+        seed={**seed, "generator": noise_generator},
+        server={"version": server_version(), "time": time},
         key_id=signer_key_id,
     )
     return canonical_json(record)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from .model_config import ModelConfigError, SmoothModelConfig
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
+MAX_VERSION = 2**63 - 1  # versions travel as int64 (Triton) and as strings of <= 19 digits
+# An absolute path left in a reason once the repository's own prefix is gone: its last part
+# stays, so the reason still says which file, and the host's layout does not leak.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"]+/)+(?=[^\s/'\"])")
 
 
 @dataclass(frozen=True)
@@ -44,17 +50,38 @@ class ModelStates:
 
     ready: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    root: Path | None = None  # the repository: reasons name files relative to it
 
     def fail(self, name: str, reason: str) -> None:
-        """Mark a whole model failed (all its versions): one log line names it and the reason."""
+        """Mark a whole model failed (all its versions): one log line names it and the reason.
+
+        Clients read the reason (ListModels, GetModelInfo, the Open Inference Protocol), so it
+        names files relative to the repository, never by the host's absolute paths."""
+        reason = self.relative(reason)
         log.error("model %s not served: %s", name, reason)
         self.ready.pop(name, None)
         self.failed[name] = reason
 
+    def relative(self, text: str) -> str:
+        """``text`` with the repository's prefix removed from the paths it names, and any other
+        absolute path cut to ``.../<file name>``."""
+        if self.root is not None:
+            prefixes = {str(self.root), os.path.abspath(self.root), str(Path(self.root).resolve())}
+            for prefix in sorted(prefixes, key=len, reverse=True):
+                text = text.replace(prefix.rstrip(os.sep) + os.sep, "")
+        return ABSOLUTE_PATH.sub(".../", text)
+
 
 def is_version_name(name: str) -> bool:
-    """Triton's version folders are decimal numbers; ``isdigit`` alone also accepts '²'."""
-    return name.isascii() and name.isdigit()
+    """A version folder is a canonical decimal number that fits in int64: "0", "12", never
+    "007" (Triton ignores a leading zero), "00" (it would be a second version 0) or 23 digits
+    (a version no request can name). ``isdigit`` alone also accepts '²'."""
+    return (
+        name.isascii()
+        and name.isdigit()
+        and (name == "0" or not name.startswith("0"))
+        and int(name) <= MAX_VERSION
+    )
 
 
 def scan(repo: Path) -> ModelStates:
@@ -65,30 +92,46 @@ def scan(repo: Path) -> ModelStates:
     repo = Path(repo)
     if not repo.is_dir():
         raise NotFound(f"model repository {repo} does not exist")
-    states = ModelStates()
+    states = ModelStates(root=repo)
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
         config_path = model_dir / "config.pbtxt"
+        shown = f"{model_dir.name}/config.pbtxt"  # relative to the repository
         try:
             config = SmoothModelConfig.from_pbtxt(config_path.read_text())
         except OSError as exc:
-            states.fail(model_dir.name, f"{config_path}: {exc.strerror or exc}")
+            states.fail(model_dir.name, f"{shown}: {exc.strerror or exc}")
             continue
         except (ModelConfigError, UnicodeDecodeError) as exc:
-            states.fail(model_dir.name, f"{config_path}: {exc}")
+            states.fail(model_dir.name, f"{shown}: {exc}")
             continue
         if config.name != model_dir.name:
-            states.fail(model_dir.name, f"{config_path}: names the model {config.name!r}")
+            states.fail(model_dir.name, f"{shown}: names the model {config.name!r}")
             continue
         versions = {
             v.name: ModelVersion(config, v.name, sha256_of(v / MODEL_FILE), v / MODEL_FILE)
-            for v in model_dir.iterdir()
-            if v.is_dir() and is_version_name(v.name) and (v / MODEL_FILE).is_file()
+            for v in version_folders(model_dir)
+            if (v / MODEL_FILE).is_file()
         }
         if versions:
             states.ready[config.name] = versions
         else:
-            states.fail(model_dir.name, f"{model_dir}: no <version>/{MODEL_FILE}")
+            states.fail(model_dir.name, f"{model_dir.name}: no <version>/{MODEL_FILE}")
     return states
+
+
+def version_folders(model_dir: Path) -> list[Path]:
+    """The model's version folders; any other folder is ignored (as Triton does), with a log
+    line, so a "007" or a 23-digit folder does not silently go unserved."""
+    folders = []
+    for folder in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+        if is_version_name(folder.name):
+            folders.append(folder)
+        else:
+            log.warning(
+                "model %s: folder %r ignored: a version folder is a decimal number without "
+                "leading zeros, at most %d", model_dir.name, folder.name, MAX_VERSION,
+            )  # fmt: skip
+    return folders
 
 
 def read_default_model(repo: Path) -> str:

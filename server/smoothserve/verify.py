@@ -1,13 +1,17 @@
 """``smoothserve-verify``: check a saved certificate record offline.
 
-    smoothserve-verify record.json --public-key server.pub [--model model.onnx] [--input x.npy]
+    smoothserve-verify record.json --public-key server.pub [--model DIR|model.onnx] [--input x.npy]
 
 Checks, in order: the Ed25519 signature over the record's exact bytes (with a public key the
-verifier trusts, never one carried by the record); the answer recomputed from the counts with
-the project's pure functions (``certify.py``, ``sequential.py``); and, when given, the SHA-256
-of the model file and of the input. A record made from a client-chosen seed is reported as a
-replay: the client could have tried seeds until one certified, so it is reproducible evidence,
-not an independent certificate.
+verifier trusts, never one carried by the record); the record against itself: the answer
+recomputed from the counts with the project's pure functions (``certify.py``,
+``sequential.py``), the look schedule and each look's alpha recomputed from the recorded plan
+(procedure, first look, cap, target radius, sigma, alpha), and the recorded smoothing config
+against its hash and the rest of the record; and, when given, the model (the SHA-256 of its
+file, and its ``config.pbtxt`` against the record's config: sigma, labels, value range, input
+shape and dtype, sound noise) and the input's SHA-256. A record made from a client-chosen
+seed is reported as a replay: the client could have tried seeds until one certified, so it is
+reproducible evidence, not an independent certificate. docs/security.md lists every check.
 
 Exit status: 0 valid, 1 invalid, 2 usage error, 3 valid but a replay (client-chosen seed).
 """
@@ -26,7 +30,18 @@ import numpy as np
 from smoothserve_client.types import read_signed_record
 
 from . import certify, sequential
-from .records import RECORD_FORMAT, check_signature, key_id, load_public_key
+from .model_config import ModelConfigError, SmoothModelConfig
+from .records import (
+    CONFIG_FIELDS,
+    RECORD_FORMAT,
+    RECORD_FORMAT_V1,
+    check_signature,
+    config_sha256,
+    key_id,
+    load_public_key,
+    smoothing_config,
+)
+from .repository import MODEL_FILE, sha256_of
 
 VALID, INVALID, USAGE, REPLAY = 0, 1, 2, 3
 DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
@@ -37,7 +52,27 @@ def close(a: float, b: float) -> bool:
     return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def recompute(record: dict) -> list[str]:
+def recompute(record: dict, allow_v1: bool = False) -> list[str]:
+    """Problems found checking a record against itself (none: it holds): its answer
+    recomputed from its counts, its look plan (``plan_problems``) and its smoothing config
+    (``config_problems``). A v1 record, which records neither, is checked for its answer only,
+    and only with ``allow_v1``."""
+    form = record.get("format")
+    if form == RECORD_FORMAT_V1 and not allow_v1:
+        return [f"format {form} binds neither the smoothing config nor the look plan; "
+                "check it with --allow-format-v1 if you accept that"]  # fmt: skip
+    if form not in (RECORD_FORMAT, RECORD_FORMAT_V1):
+        return [f"format {form!r}, expected {RECORD_FORMAT}"]
+    try:
+        if form == RECORD_FORMAT_V1:
+            return answer_problems(record)
+        bound = plan_problems(record) + config_problems(record)
+        return bound or answer_problems(record)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        return [f"malformed record: {type(exc).__name__}: {exc}"]
+
+
+def answer_problems(record: dict) -> list[str]:
     """Problems found recomputing the record's answer from its counts (none: it holds).
 
     The same pure functions as the server: CERTIFY (fixed n), the target-radius and anytime
@@ -102,6 +137,146 @@ def sequential_look(record: dict, count_a: int, problems: list[str]) -> sequenti
     return None
 
 
+def is_count(value, least: int = 0) -> bool:
+    return type(value) is int and value >= least
+
+
+def plan_problems(record: dict) -> list[str]:
+    """Problems with the record's look plan: the schedule must be the one the server's own
+    functions give for the recorded procedure, first look, cap, target radius, sigma and alpha
+    (``sequential.target_schedule``, ``sequential.look_schedule``); CERTIFY with fixed n and
+    PREDICT make one look of n at alpha. The level of each look then follows from the schedule
+    (``answer_problems`` recomputes it)."""
+    plan, procedure = record["plan"], record["procedure"]
+    if not isinstance(plan, dict) or set(plan) != {"first_look", "cap"}:
+        return [f"plan {plan} should hold first_look and cap"]
+    first, cap, n = plan["first_look"], plan["cap"], record["n"]
+    schedule, looks = list(record["look_schedule"]), record["looks"]
+    if record["mode"] == "predict" or procedure == sequential.FIXED_N:
+        if (first, cap, schedule, looks) != (0, n, [], 0):
+            return [f"a fixed-n plan is one look of n = {n}: plan {plan}, look_schedule "
+                    f"{schedule} and looks {looks} should be first_look 0, cap {n}, [] and 0"]  # fmt: skip
+        if record["bound_alpha"] != record["alpha"]:
+            return [f"bound_alpha {record['bound_alpha']} should be alpha {record['alpha']}"]
+        return []
+    if not (is_count(first, 1) and is_count(cap, 1) and is_count(looks, 1)):
+        return [f"plan {plan} and looks {looks} should be positive integers"]
+    if n > cap:
+        return [f"n = {n} samples exceed the plan's cap {cap}"]
+    if procedure == sequential.TARGET:
+        expected = sequential.target_schedule(
+            first, cap, record["target_radius"], record["sigma"], record["alpha"]
+        )
+    elif procedure == sequential.ANYTIME:
+        expected = sequential.look_schedule(first, cap)
+    else:
+        return [f"unknown procedure {procedure!r}"]
+    if schedule != list(expected):
+        return [f"look_schedule {schedule} does not follow from the plan (first_look {first}, "
+                f"cap {cap}): {procedure} gives {list(expected)}"]  # fmt: skip
+    return []
+
+
+def config_problems(record: dict) -> list[str]:
+    """Problems with the record's smoothing config against itself and the rest of the record:
+    its hash, sigma, the number of classes, the label of the answer, the input's shape, and
+    the noise (a model configured for sound noise answers only with it; sound noise is drawn
+    from PCG64)."""
+    config, problems = record["config"], []
+    if not isinstance(config, dict) or sorted(config) != sorted(CONFIG_FIELDS):
+        return [f"config should hold exactly {list(CONFIG_FIELDS)}"]
+    if record["config_sha256"] != config_sha256(config):
+        problems.append(f"config_sha256 {record['config_sha256']} is not the SHA-256 of the "
+                        f"config, {config_sha256(config)}")  # fmt: skip
+    if config["sigma"] != record["sigma"]:
+        problems.append(f"sigma {record['sigma']} differs from the config's {config['sigma']}")
+    labels = config["labels"]
+    sizes = {len(record["counts"])} | ({len(record["selection_counts"])}
+                                       if record["mode"] == "certify" else set())  # fmt: skip
+    if sizes != {len(labels)}:
+        problems.append(f"counts of {sorted(sizes)} classes for the config's {len(labels)} labels")
+    prediction = record["prediction"]
+    label = "" if record["abstain"] else (
+        labels[prediction] if is_count(prediction) and prediction < len(labels) else None)  # fmt: skip
+    if record["label"] != label:
+        problems.append(f"label {record['label']!r} should be {label!r} (the config's labels)")
+    if config["input_shape"] != record["input"]["shape"]:
+        problems.append(f"input shape {record['input']['shape']} differs from the config's "
+                        f"{config['input_shape']}")  # fmt: skip
+    if config["sound_noise"] and record["sound_noise"] is not True:
+        problems.append("the config makes every request use sound noise; the record's did not")
+    if record["sound_noise"] and record["seed"]["generator"] != "pcg64":
+        problems.append(f"sound noise is drawn by pcg64, not {record['seed']['generator']!r}")
+    return problems
+
+
+def model_paths(path: Path, record: dict) -> tuple[Path, Path]:
+    """The model file and ``config.pbtxt`` that ``--model`` names, in Triton's layout: a
+    model's folder (``<name>/config.pbtxt``, the record's version below it), a version folder,
+    a repository (the record's model in it), or the ``<name>/<version>/model.onnx`` file."""
+    name, version = str(record["model"]["name"]), str(record["model"]["version"])
+    for part in (name, version):
+        if Path(part).name != part or part in ("", ".", ".."):
+            raise ValueError(f"the record's model {name!r} version {version!r} is not a folder")
+    if not path.is_dir():
+        return path, path.parent.parent / "config.pbtxt"
+    if (path / "config.pbtxt").is_file():
+        return path / version / MODEL_FILE, path / "config.pbtxt"
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE, path.parent / "config.pbtxt"
+    return path / name / version / MODEL_FILE, path / name / "config.pbtxt"
+
+
+def model_problems(model_file: Path, config_path: Path, record: dict) -> list[str]:
+    """Problems found checking the record against a model: the SHA-256 of its file, and its
+    ``config.pbtxt`` against the record's smoothing config, field by field and by hash (a v1
+    record: sigma, the number of classes and the answer's label only)."""
+    problems: list[str] = []
+    try:
+        digest = sha256_of(model_file)
+    except OSError as exc:
+        problems.append(f"{model_file}: {exc.strerror or exc}")
+    else:
+        if digest != record["model"]["sha256"]:
+            problems.append(f"the file's SHA-256 is {digest}, the record's "
+                            f"{record['model']['sha256']}")  # fmt: skip
+    try:
+        config = SmoothModelConfig.from_pbtxt(config_path.read_text())
+    except OSError as exc:
+        return [*problems, f"{config_path}: {exc.strerror or exc}: --model takes the model's "
+                "folder, its repository, or <model>/<version>/model.onnx beside "
+                "<model>/config.pbtxt, whose smoothing config the record must match"]  # fmt: skip
+    except (ModelConfigError, UnicodeDecodeError) as exc:
+        return [*problems, f"{config_path}: {exc}"]
+    if config.name != record["model"]["name"]:
+        problems.append(f"{config_path} names the model {config.name!r}, the record "
+                        f"{record['model']['name']!r}")  # fmt: skip
+    expected = smoothing_config(config)
+    if record.get("format") == RECORD_FORMAT_V1:  # what a v1 record has of the config
+        prediction, labels = record["prediction"], config.labels
+        answer = (
+            "" if record["abstain"] or not 0 <= prediction < len(labels) else labels[prediction]
+        )
+        recorded = {"sigma": record["sigma"], "classes": len(record["counts"]),
+                    "label": record["label"]}  # fmt: skip
+        expected = {"sigma": config.sigma, "classes": len(labels), "label": answer}
+    else:
+        recorded = record["config"] if isinstance(record["config"], dict) else {}
+    for field, value in expected.items():
+        if recorded.get(field) != value:
+            problems.append(f"{field} {shown(recorded.get(field))} in the record, "
+                            f"{shown(value)} in {config_path}")  # fmt: skip
+    if "config_sha256" in record and record["config_sha256"] != config_sha256(expected):
+        problems.append(f"config_sha256 {record['config_sha256']} is not that of "
+                        f"{config_path}, {config_sha256(expected)}")  # fmt: skip
+    return problems
+
+
+def shown(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def input_sha256(path: Path, dtype: str) -> str:
     """SHA-256 of an input as it was sent: a ``.npy`` file's array (in the record's dtype,
     little-endian, C order), or any other file's raw bytes."""
@@ -122,58 +297,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("record", type=Path, help="a record saved by the client (JSON)")
     parser.add_argument("--public-key", type=Path, action="append", required=True,
                         help="PEM public key of a server you trust; repeat for rotated keys")  # fmt: skip
-    parser.add_argument("--model", type=Path, help="the model file, to check its SHA-256")
+    parser.add_argument("--model", type=Path,
+                        help="the model: its folder (with config.pbtxt), its repository, or "
+                             "<model>/<version>/model.onnx; checks the file's SHA-256 and the "
+                             "smoothing config")  # fmt: skip
     parser.add_argument("--input", type=Path, help="the input (.npy, or the raw bytes sent)")
+    parser.add_argument("--allow-format-v1", action="store_true",
+                        help=f"check {RECORD_FORMAT_V1} records, which bind neither the smoothing "
+                             "config nor the look plan, instead of refusing them")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         record_bytes, signature = read_signed_record(args.record.read_text())
         keys = {key_id(k): k for k in (load_public_key(p.read_bytes()) for p in args.public_key)}
+        record = json.loads(record_bytes)
+        if not isinstance(record, dict):
+            raise ValueError("the record is not a JSON object")
     except (OSError, ValueError) as exc:
         print(f"smoothserve-verify: {exc}", file=sys.stderr)
         return USAGE
     report, valid = [], True
 
-    def check(ok: bool, line: str) -> None:
+    def check(ok: bool, line: str, problems: list[str] = ()) -> None:
         nonlocal valid
         valid = valid and ok
-        report.append(("ok      " if ok else "FAILED  ") + line)
+        report.append(("ok      " if ok else "FAILED  ") + line
+                      + "".join(f"\n          {p}" for p in problems))  # fmt: skip
 
-    record = json.loads(record_bytes)
     signer = record.get("key_id", "")
     key = keys.get(signer)
     check(key is not None and check_signature(record_bytes, signature, key),
           f"signature by key {signer}" + ("" if key else " (not among the trusted keys)"))  # fmt: skip
-    if record.get("format") != RECORD_FORMAT:
-        check(False, f"format {record.get('format')!r}, expected {RECORD_FORMAT}")
-    else:
-        problems = recompute(record)
-        check(not problems, "answer recomputed from the counts" + "".join(
-            f"\n          {p}" for p in problems))  # fmt: skip
+    problems = recompute(record, allow_v1=args.allow_format_v1)
+    check(not problems, "answer recomputed from the counts; plan and config consistent",
+          problems)  # fmt: skip
+    if record.get("format") == RECORD_FORMAT_V1 and args.allow_format_v1:
+        report.append(f"note    {RECORD_FORMAT_V1}: the look plan and the config beyond sigma "
+                      "are not signed, so they were not checked")  # fmt: skip
     if args.model:
-        digest = hashlib.sha256(args.model.read_bytes()).hexdigest()
-        check(digest == record["model"]["sha256"], f"model file {args.model} SHA-256")
+        try:
+            model_file, config_path = model_paths(args.model, record)
+            problems = model_problems(model_file, config_path, record)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            model_file, config_path, problems = args.model, "?", [f"malformed record: {exc}"]
+        check(not problems, f"model file {model_file} SHA-256 and config {config_path}", problems)
     if args.input:
         try:
             digest = input_sha256(args.input, record["input"]["dtype"])
-        except ValueError as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             digest = f"({exc})"
-        check(digest == record["input"]["sha256"], f"input {args.input} SHA-256")
-    replay = bool(record.get("seed", {}).get("client_chosen"))
-    summary = (f"{record['model']['name']} v{record['model']['version']}: "
-               + ("abstain" if record["abstain"] else
-                  f"class {record['prediction']} ({record['label']}), radius {record['radius']:.4g}")
-               + f", {record['procedure']}, alpha {record['alpha']}, at {record['server']['time']}")  # fmt: skip
-    print(summary)
+        check(digest == record.get("input", {}).get("sha256"), f"input {args.input} SHA-256")
+    print(summary(record))
     print("\n".join(report))
     if not valid:
         print("INVALID")
         return INVALID
-    if replay:
-        print(f"VALID REPLAY: the client chose the noise seed ({record['seed']['value']}); the "
+    seed = record.get("seed")
+    if isinstance(seed, dict) and seed.get("client_chosen"):
+        print(f"VALID REPLAY: the client chose the noise seed ({seed.get('value')}); the "
               "record reproduces, but is not an independent certificate")  # fmt: skip
         return REPLAY
     print("VALID")
     return VALID
+
+
+def summary(record: dict) -> str:
+    """One line: the model, the answer, the procedure and its plan, alpha and the time."""
+    try:
+        plan = record.get("plan") or {}
+        return (f"{record['model']['name']} v{record['model']['version']}: "
+                + ("abstain" if record["abstain"] else
+                   f"class {record['prediction']} ({record['label']}), radius {record['radius']:.4g}")
+                + f", {record['procedure']}"
+                + (f" (first_look={plan['first_look']}, cap={plan['cap']})"
+                   if plan.get("first_look") else "")
+                + f", alpha {record['alpha']}, at {record['server']['time']}")  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return "(a malformed record)"
 
 
 if __name__ == "__main__":

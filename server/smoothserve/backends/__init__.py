@@ -18,6 +18,7 @@ BACKENDS: dict[str, tuple[str, str, dict[str, str]]] = {
     "onnxruntime": (".onnxruntime", "OnnxRuntimeBackend", {
         "model_repo": "model_repo", "providers": "providers",
         "intra_op_threads": "intra_op_threads", "inter_op_threads": "inter_op_threads",
+        "load_timeout_s": "model_load_timeout_s",
     }),
     "triton": (".triton", "TritonBackend", {
         "urls": "triton_urls", "timeout_s": "triton_timeout_s", "fp16": "triton_fp16",

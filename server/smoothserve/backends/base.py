@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from ..model_config import ModelConfigError, SmoothModelConfig
 from ..repository import ModelStates, ModelVersion
 
+T = TypeVar("T")
+DEFAULT_LOAD_TIMEOUT_S = 60.0  # --model-load-timeout-s
 NoisySegment = tuple[np.ndarray, int, int]  # (clean input (C, H, W), count, seed < 2**63)
 # (clean input, the job's noise key (4 words < 2**63), index of the first sample, samples)
 CountSegment = tuple[np.ndarray, tuple[int, ...], int, int]
@@ -92,3 +98,44 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else type(error).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class LoadTimeout(Exception):
+    """Loading a model (building its network, running the probe batch) took too long."""
+
+
+async def within(
+    seconds: float, work: Callable[[], T], stop: Callable[[], None] | None = None
+) -> T:
+    """``work()`` in a thread of its own, for at most ``seconds``; past them, ``stop()`` (if
+    given) asks the work to end and LoadTimeout is raised.
+
+    A thread cannot be killed: work that ignores ``stop`` (ONNX Runtime building a session)
+    runs on, abandoned, until it ends. It is a daemon thread, so it never keeps the process
+    from exiting, and the event loop goes on meanwhile (the other models load and serve)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if done.done():  # the wait is over: a late result is dropped
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="model-load", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, seconds)  # cancels ``done``: a late result is dropped
+    except TimeoutError:
+        if stop is not None:
+            stop()
+        raise LoadTimeout(f"did not finish within {seconds:g} s") from None

@@ -13,7 +13,15 @@ import onnxruntime as ort
 from .. import repository
 from ..model_config import ModelConfigError
 from ..repository import ModelStates, ModelVersion
-from .base import Backend, check_logits, first_line, probe_batch
+from .base import (
+    DEFAULT_LOAD_TIMEOUT_S,
+    Backend,
+    LoadTimeout,
+    check_logits,
+    first_line,
+    probe_batch,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +44,10 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         max_concurrent_batches: int = 2,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ) -> None:
         self.model_repo = Path(model_repo)
+        self.load_timeout_s = load_timeout_s
         self.providers = list(providers) or default_providers()
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
@@ -52,17 +62,37 @@ class OnnxRuntimeBackend(Backend):
         self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
 
     async def start(self) -> ModelStates:
+        """Each version is loaded (session built, probe batch run) in a thread of its own, for
+        at most ``load_timeout_s``: a network that never finishes (an ONNX Loop of 10**12
+        turns) fails its model instead of hanging start-up. Past the limit the probe's run is
+        terminated (ONNX Runtime's ``RunOptions.terminate``, checked between operators); a
+        session still being built cannot be stopped and is abandoned to finish on its own."""
         states = repository.scan(self.model_repo)
         for name, versions in list(states.ready.items()):
             for model in versions.values():
+                log.info("loading model %s version %s", name, model.version)
+                probe = ort.RunOptions()
+                probe.log_severity_level = 4  # a terminated run is reported below, not by ORT
+
+                def stop(run: ort.RunOptions = probe) -> None:
+                    run.terminate = True
+
                 try:
-                    self._sessions[(name, model.version)] = self._load(model)
+                    self._sessions[(name, model.version)] = await within(
+                        self.load_timeout_s, lambda m=model, r=probe: self._load(m, r), stop
+                    )
+                except LoadTimeout as exc:
+                    states.fail(name, f"model {name} version {model.version}: loading {exc} "
+                                      "(--model-load-timeout-s)")  # fmt: skip
+                    break
                 except Exception as exc:  # a corrupt file raises whatever ONNX Runtime raises
                     states.fail(name, f"{model.path}: {first_line(exc)}")
                     break
         return states
 
-    def _load(self, model: ModelVersion) -> ort.InferenceSession:
+    def _load(
+        self, model: ModelVersion, run_options: ort.RunOptions | None = None
+    ) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         # Idle ONNX Runtime workers would otherwise spin and take the cores the noise thread
@@ -92,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{list(config.input_shape)}"
             )
         probe = probe_batch(config)
-        (logits,) = session.run([config.output_name], {config.input_name: probe})
+        (logits,) = session.run([config.output_name], {config.input_name: probe}, run_options)
         check_logits(config, logits, len(probe))
         log.info("loaded %s version %s on %s", model.name, model.version, session.get_providers())
         return session

@@ -10,7 +10,8 @@ not help): past a burst, a few a second. While an address is over the limit ever
 it that needs a token gets RESOURCE_EXHAUSTED without its token being looked at, the right
 token included; otherwise the answer would tell a guesser which guess was right. Calls that
 succeed cost nothing, so a client with the right token is refused only while its address is
-also sending wrong ones.
+also sending wrong ones. The REST door (oip_rest.py) checks the same tokens the same way and
+charges the same limiter (app.py makes one for both), so switching ports buys no more guesses.
 """
 
 from __future__ import annotations
@@ -72,16 +73,24 @@ def read_tokens(path: Path | None, extra: Iterable[str] = ()) -> tuple[str, ...]
 
 def peer_address(peer: str) -> str:
     """The client address of a gRPC peer string, without the port: 'ipv4:10.1.2.3:5000' ->
-    '10.1.2.3'. IPv6 clients are keyed by their /64, which one host can fill with addresses;
-    anything else (a Unix socket) is returned as it is."""
+    '10.1.2.3', keyed as ``address_key`` does; anything else (a Unix socket) is returned as
+    it is."""
     family, _, rest = unquote(peer).partition(":")
     if family not in ("ipv4", "ipv6"):
         return peer
-    host = rest.rpartition(":")[0].strip("[]")
+    key = address_key(rest.rpartition(":")[0].strip("[]"))
+    return peer if key is None else key
+
+
+def address_key(host: str) -> str | None:
+    """The limiter's key for a client IP address (the REST door's ``request.remote``, or a gRPC
+    peer's host), so both doors charge the same record: IPv4 as it is (IPv4-mapped IPv6 too),
+    IPv6 by its /64, which one host can fill with addresses. None if ``host`` is no IP address.
+    """
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
-        return peer
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return str(address.ipv4_mapped)
     if isinstance(address, ipaddress.IPv6Address):
@@ -181,11 +190,14 @@ def token_refusal(headers: Sequence[tuple[str, str]], tokens: Iterable[str]) -> 
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """``limiter``: shared with the REST door (app.py), so a guesser's failures on either port
+    count against one budget per address."""
+
     def __init__(self, tokens: Iterable[str], limiter: FailureLimiter | None = None) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
         if not self._tokens:
             raise ValueError("no bearer token configured")
-        self._limiter = limiter or FailureLimiter()
+        self._limiter = FailureLimiter() if limiter is None else limiter  # empty: falsy
 
     def _valid(self, presented: str) -> bool:
         candidate = presented.encode()
@@ -262,6 +274,7 @@ __all__ = [
     "BearerTokenInterceptor",
     "token_refusal",
     "FailureLimiter",
+    "address_key",
     "peer_address",
     "read_tokens",
     "rest_tls",

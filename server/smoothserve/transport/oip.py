@@ -14,22 +14,39 @@ import base64
 import math
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from smoothserve_client.types import ModelInfo, PredictResult
 
-from ..dataplane import CERTIFY, PREDICT, PROCEDURES, PredictInput, check_request_bounds
 from ..errors import InvalidArgument
+from ..request import (
+    CERTIFY,
+    MODES,
+    OIP_DATATYPES,
+    PROCEDURES,
+    PredictInput,
+    check_request_bounds,
+    checked_seed,
+    checked_shape,
+    option_integer,
+    option_number,
+    quote,
+    values_to_bytes,
+)
 
 PLATFORM = "smoothserve"
 INPUT_NAME = "input"
-DATATYPES = {"UINT8": "uint8", "FP32": "float32"}
+DATATYPES = OIP_DATATYPES
+OUTPUT_NAMES = ("prediction", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts",
+                "label")  # fmt: skip
 OPTION_TYPES = {"mode": str, "procedure": str, "n0": int, "n": int, "seed": int,
                 "alpha": float, "target_radius": float, "tolerance": float,
                 "sound_noise": bool}  # fmt: skip
+MAX_OUTPUTS = 64
+MAX_PARAMETERS = 64
 
 
 @dataclass(frozen=True)
@@ -50,44 +67,75 @@ def raw_bytes(tensor: Tensor) -> bytes:
     return tensor.values.astype(tensor.values.dtype.newbyteorder("<")).tobytes()
 
 
-def to_input(
-    model_name: str,
-    model_version: str,
-    datatype: str,
-    shape: list[int],
-    data: bytes,
-    parameters: Mapping[str, object],
-    seconds_left: float | None = None,
-) -> PredictInput:
-    """A ModelInfer request as the data plane's input; a leading batch axis of 1 is dropped."""
-    check_request_bounds(model_name, model_version, len(shape))
-    if datatype not in DATATYPES:
-        raise InvalidArgument(f"input datatype must be UINT8 or FP32, got {datatype[:16]!r}")
-    if len(shape) > 1 and shape[0] == 1:
-        shape = shape[1:]
-    options = {}
+def check_outputs(names: Sequence[object]) -> None:
+    """Requested outputs must be ones the server answers with, checked before any sample."""
+    if len(names) > MAX_OUTPUTS:
+        raise InvalidArgument(f"at most {MAX_OUTPUTS} outputs may be requested")
+    for name in names:
+        if not isinstance(name, str) or name not in OUTPUT_NAMES:
+            shown = quote(name) if isinstance(name, str) else type(name).__name__
+            raise InvalidArgument(f"unknown output {shown}; outputs: {', '.join(OUTPUT_NAMES)}")
+
+
+def options_of(parameters: Mapping[str, object]) -> dict[str, object]:
+    """The certification options among a request's parameters, each of its type and range;
+    other parameters (OIP's own, tracing) are not certification options and are left alone."""
+    if len(parameters) > MAX_PARAMETERS:
+        raise InvalidArgument(f"at most {MAX_PARAMETERS} parameters are allowed")
+    options: dict[str, object] = {}
     for name, value in parameters.items():
         kind = OPTION_TYPES.get(name)
         if kind is None:
-            continue  # other parameters (OIP's own, tracing) are not certification options
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidArgument(f"parameter {name} must be an integer")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise InvalidArgument(f"parameter {name} must be a number")
-        if kind is bool and not isinstance(value, bool):
-            raise InvalidArgument(f"parameter {name} must be a boolean")
-        if kind is str and not isinstance(value, str):
-            raise InvalidArgument(f"parameter {name} must be a string")
-        options[name] = kind(value)
+            continue
+        if name == "seed":
+            options[name] = checked_seed(value)
+        elif kind is int:
+            options[name] = option_integer(name, value)
+        elif kind is float:
+            options[name] = option_number(name, value)
+        elif not isinstance(value, kind):
+            raise InvalidArgument(f"parameter {name} must be a {kind.__name__}")
+        else:
+            options[name] = value
     mode = options.pop("mode", CERTIFY)
-    if mode not in (CERTIFY, PREDICT):
-        raise InvalidArgument(f"parameter mode must be certify or predict, got {mode[:16]!r}")
-    procedure = options.pop("procedure", PROCEDURES[0])
+    if mode not in MODES:
+        raise InvalidArgument(f"parameter mode must be certify or predict, got {quote(mode, 16)}")
+    procedure = options.setdefault("procedure", PROCEDURES[0])
     if procedure not in PROCEDURES:
         raise InvalidArgument(f"parameter procedure must be one of {', '.join(PROCEDURES)}")
+    options["mode"] = mode
+    return options
+
+
+def to_input(
+    model_name: str,
+    model_version: str,
+    datatype: object,
+    shape: Sequence,
+    data: bytes | Sequence | np.ndarray,
+    parameters: Mapping[str, object],
+    seconds_left: float | None = None,
+    outputs: Sequence[object] = (),
+) -> PredictInput:
+    """A ModelInfer request as the data plane's input; a leading batch axis of 1 is dropped.
+
+    ``data`` is the input's raw little-endian bytes, or its values (a JSON list, a protobuf
+    repeated field), which must each be exactly representable in ``datatype``. Cheap checks
+    come first: names, datatype, shape, outputs and options, then the values."""
+    check_request_bounds(model_name, model_version)
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        shown = quote(datatype, 16) if isinstance(datatype, str) else type(datatype).__name__
+        raise InvalidArgument(f"input datatype must be UINT8 or FP32, got {shown}")
+    shape = checked_shape(shape)
+    check_outputs(outputs)
+    options = options_of(parameters)
+    dtype = DATATYPES[datatype]
+    if not isinstance(data, bytes):
+        data = values_to_bytes(data, dtype)
+    if len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
     return PredictInput(
-        model_name=model_name, model_version=model_version, shape=tuple(shape),
-        dtype=DATATYPES[datatype], data=data, mode=mode, procedure=procedure,
+        model_name=model_name, model_version=model_version, shape=shape, dtype=dtype, data=data,
         deadline=None if seconds_left is None else time.monotonic() + seconds_left, **options,
     )  # fmt: skip
 
@@ -130,11 +178,10 @@ def parameters(result: PredictResult) -> dict[str, object]:
 
 def metadata_outputs(info: ModelInfo) -> list[tuple[str, str, list[int]]]:
     """(name, datatype, shape) of the outputs, as ModelMetadata reports them."""
-    return [
-        ("prediction", "INT32", [1]), ("abstain", "BOOL", [1]), ("radius", "FP64", [1]),
-        ("p_a_lower", "FP64", [1]), ("p_value", "FP64", [1]), ("candidate", "INT32", [1]),
-        ("counts", "INT64", [len(info.labels)]), ("label", "BYTES", [1]),
-    ]  # fmt: skip
+    shapes = {"counts": [len(info.labels)]}
+    types = {"prediction": "INT32", "abstain": "BOOL", "candidate": "INT32", "counts": "INT64",
+             "label": "BYTES"}  # fmt: skip
+    return [(name, types.get(name, "FP64"), shapes.get(name, [1])) for name in OUTPUT_NAMES]
 
 
 def metadata_input(info: ModelInfo) -> tuple[str, str, list[int]]:

@@ -18,9 +18,12 @@ from ..records import server_version
 from . import oip
 from .predict_call import answer
 from .servicer import REQUEST_ID_KEY, status_of
+from .wire import check_model_infer
 
 SERVICE = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-INPUT_CONTENTS = {"UINT8": ("uint_contents", np.uint8), "FP32": ("fp32_contents", np.float32)}
+PRECHECKS = {f"/{SERVICE}/ModelInfer": check_model_infer}
+# each contents field in its protobuf type (uint32, float): oip.to_input checks the range
+INPUT_CONTENTS = {"UINT8": ("uint_contents", np.uint32), "FP32": ("fp32_contents", np.float32)}
 
 
 def parameter_value(parameter: oip_pb.InferParameter):
@@ -38,18 +41,27 @@ def set_parameter(parameter: oip_pb.InferParameter, value) -> None:
         parameter.string_param = str(value)
 
 
-def input_bytes(request: oip_pb.ModelInferRequest) -> tuple[str, list[int], bytes]:
-    """(datatype, shape, bytes) of the one input, from raw_input_contents or typed contents."""
+def input_values(request: oip_pb.ModelInferRequest) -> tuple[str, list[int], bytes | np.ndarray]:
+    """(datatype, shape, data) of the one input: its raw bytes, or its typed contents as an
+    array whose values ``oip.to_input`` checks against the datatype. An input sent both ways,
+    or as more than one raw buffer, is ambiguous and refused (``wire.check_model_infer``
+    refuses the costly cases before parsing)."""
     if len(request.inputs) != 1:
         raise InvalidArgument(f"ModelInfer takes one input tensor, got {len(request.inputs)}")
     tensor = request.inputs[0]
+    given = [field.name for field, _ in tensor.contents.ListFields()]
+    if len(request.raw_input_contents) > 1:
+        raise InvalidArgument("ModelInfer takes one input: send one raw_input_contents buffer")
     if request.raw_input_contents:
+        if given:
+            raise InvalidArgument("the input is in both raw_input_contents and contents; send one")
         return tensor.datatype, list(tensor.shape), request.raw_input_contents[0]
     field, dtype = INPUT_CONTENTS.get(tensor.datatype, (None, None))
     if field is None:
         raise InvalidArgument("input datatype must be UINT8 or FP32")
-    values = np.asarray(getattr(tensor.contents, field), dtype=dtype)
-    return tensor.datatype, list(tensor.shape), values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    if any(name != field for name in given):
+        raise InvalidArgument(f"a {tensor.datatype} input's values go in contents.{field}")
+    return tensor.datatype, list(tensor.shape), np.asarray(getattr(tensor.contents, field), dtype)
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -112,10 +124,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, context):
         def make_input():
-            datatype, shape, data = input_bytes(request)
+            datatype, shape, data = input_values(request)
             params = {k: parameter_value(v) for k, v in request.parameters.items()}
             return oip.to_input(request.model_name, request.model_version, datatype, shape,
-                                data, params, context.time_remaining())  # fmt: skip
+                                data, params, context.time_remaining(),
+                                [o.name for o in request.outputs])  # fmt: skip
 
         metadata = dict(context.invocation_metadata() or ())
         given = request.id or metadata.get(REQUEST_ID_KEY)

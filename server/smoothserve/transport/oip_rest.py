@@ -7,20 +7,26 @@ Errors are JSON ``{"error": "..."}`` with the HTTP status Triton would give.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, SmoothServeError
 from ..records import server_version
+from ..request import PredictInput
 from ..tracing import REQUEST_ID
 from . import oip
-from .auth import FailureLimiter, peer_address, token_refusal
+from .auth import MISSING, FailureLimiter, address_key, token_refusal
+from .http_server import HttpDoor, HttpLimits
 from .predict_call import answer
 from .servicer import REQUEST_ID_KEY, status_of
 
@@ -29,7 +35,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 400,
                "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
                "INTERNAL": 500}  # fmt: skip
-NUMPY = {"UINT8": np.uint8, "FP32": np.float32}
 OPEN_PATHS = ("/v2/health/",)
 
 
@@ -41,13 +46,50 @@ def from_error(error: SmoothServeError) -> web.Response:
     return error_response(HTTP_STATUS.get(status_of(error).name, 500), str(error))
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+# A JSON body holds at most this much per input value, plus the rest of the request; larger
+# bodies are refused before they are parsed (parsing holds the event loop's GIL).
+JSON_BYTES_PER_VALUE = 40
+JSON_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """A REST ModelInfer request, checked: the data plane's input, the outputs asked for
+    (name -> binary or not; empty: all) and the request's id."""
+
+    input: PredictInput
+    outputs: dict[str, bool]
+    binary_default: bool
+    id: str | None
+
+
+def body_limits(input_elements: int) -> tuple[int, int]:
+    """(JSON bytes, binary bytes) a request for an input of this many values may send."""
+    return JSON_OVERHEAD_BYTES + JSON_BYTES_PER_VALUE * input_elements, 4 * input_elements
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """aiohttp's own refusals (unknown route, wrong method) as the protocol's JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason)
+
+
+def split_body(body: bytes, header_length: str | None, json_limit: int) -> tuple[dict, bytes]:
     """The JSON header of a request and the binary data after it (the extension)."""
     try:
         length = len(body) if header_length is None else int(header_length)
         if not 0 <= length <= len(body):
             raise ValueError(f"{HEADER_LENGTH} {length} outside the body")
+        if length > json_limit:
+            raise InvalidArgument(f"the JSON part of the request is over {json_limit} bytes")
         header = json.loads(body[:length])
+    except RecursionError:
+        raise InvalidArgument("the request body's JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"the request body is not valid JSON: {str(exc)[:80]}") from None
     if not isinstance(header, dict):
@@ -55,26 +97,65 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, body[length:]
 
 
-def input_bytes(header: dict, binary: bytes) -> tuple[str, list[int], bytes]:
+def _object(value: object, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def requested_outputs(header: dict) -> tuple[dict[str, bool], bool]:
+    """The outputs asked for (name -> binary), and the request's binary_data_output."""
+    binary_default = _object(header.get("parameters"), "parameters").get("binary_data_output")
+    if not isinstance(binary_default, bool | None):
+        raise InvalidArgument("parameter binary_data_output must be a boolean")
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidArgument("outputs must be a list of objects")
+    oip.check_outputs([o.get("name") for o in outputs])
+    wanted = {}
+    for output in outputs:
+        binary = _object(output.get("parameters"), "an output's parameters").get("binary_data")
+        if not isinstance(binary, bool | None):
+            raise InvalidArgument("an output's binary_data must be a boolean")
+        wanted[output["name"]] = bool(binary_default) if binary is None else binary
+    return wanted, bool(binary_default)
+
+
+def input_data(header: dict, binary: bytes) -> tuple[object, object, bytes | list]:
+    """(datatype, shape, data) of the one input: its binary bytes (the extension) or its JSON
+    values; both, or binary bytes beyond the input's, are ambiguous and refused."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidArgument("ModelInfer takes one input tensor")
     tensor = inputs[0]
-    datatype, shape = tensor.get("datatype", ""), tensor.get("shape", [])
-    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape[:9]):
-        raise InvalidArgument("the input's shape must be a list of integers")
-    if datatype not in NUMPY:
-        raise InvalidArgument("input datatype must be UINT8 or FP32")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or not 0 <= size <= len(binary):
-            raise InvalidArgument("binary_data_size does not fit the binary data sent")
-        return datatype, shape, binary[:size]
-    try:
-        values = np.asarray(tensor.get("data", []), dtype=NUMPY[datatype]).reshape(-1)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidArgument(f"the input's data do not fit {datatype}: {str(exc)[:80]}") from None
-    return datatype, shape, values.astype(values.dtype.newbyteorder("<")).tobytes()
+    parameters = _object(tensor.get("parameters"), "the input's parameters")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InvalidArgument("binary data sent without the input's binary_data_size")
+        return tensor.get("datatype"), tensor.get("shape", []), tensor.get("data", [])
+    if "data" in tensor:
+        raise InvalidArgument("the input has both data and binary_data_size; send one")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise InvalidArgument("binary_data_size does not match the binary data sent")
+    return tensor.get("datatype"), tensor.get("shape", []), binary
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, name: str, version: str, json_limit: int
+) -> InferCall:
+    """A request body checked whole, cheap checks first (run off the event loop)."""
+    header, binary = split_body(body, header_length, json_limit)
+    request_id = header.get("id")
+    if not isinstance(request_id, str | None):
+        raise InvalidArgument("id must be a string")
+    outputs, binary_default = requested_outputs(header)
+    datatype, shape, data = input_data(header, binary)
+    parameters = _object(header.get("parameters"), "parameters")
+    call = oip.to_input(name, version, datatype, shape, data, parameters)
+    return InferCall(call, outputs, binary_default, request_id)
 
 
 def json_values(tensor: oip.Tensor) -> list:
@@ -92,10 +173,14 @@ class RestServer:
         ready: Callable[[], bool],
         tokens: tuple[str, ...] = (),
         max_body_bytes: int = 16 * 1024 * 1024,
+        limiter: FailureLimiter | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.plane, self.ready, self.tokens = plane, ready, tokens
-        self.limiter = FailureLimiter()
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._auth])
+        # app.py shares the gRPC interceptor's (an empty limiter is falsy: test for None)
+        self.limiter = FailureLimiter() if limiter is None else limiter
+        self.limits = limits or HttpLimits()
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors, self._auth])
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         self.app.add_routes([
@@ -106,31 +191,29 @@ class RestServer:
             *[web.get(base + "/ready", self.model_ready) for base in (model, versioned)],
             *[web.post(base + "/infer", self.infer) for base in (model, versioned)],
         ])  # fmt: skip
-        self._runner: web.AppRunner | None = None
+        self.door = HttpDoor(self.app, "REST port", self.limits)
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]  # the bound port, when 0 picked one
+        """Serve on ``host:port`` within ``limits`` (http_server.py); return the bound port."""
+        return await self.door.start(host, port, tls)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.door.stop()
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
         if not self.tokens or request.path.startswith(OPEN_PATHS):
             return await handler(request)
-        address = peer_address(request.remote or "unknown")
+        remote = request.remote or "unknown"
+        address = address_key(remote) or remote
         if self.limiter.blocked(address):
             return error_response(429, "too many failed authentication attempts; retry later")
         headers = [(k.lower(), v) for k, v in request.headers.items()]
         reason = token_refusal(headers, self.tokens)
         if reason is None:
             return await handler(request)
-        self.limiter.fail(address)
+        if reason != MISSING:  # as the gRPC interceptor: only guesses are charged
+            self.limiter.fail(address)
         if self.limiter.log_now(address) is not None:
             log.warning("refused %s from %s: %s", request.path, request.remote, reason)
         return error_response(401, reason)
@@ -171,26 +254,29 @@ class RestServer:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
+        call, problem = None, None
         try:
-            body = await request.read()
+            info = self.plane.model_info(name, version)
+            json_limit, binary_limit = body_limits(math.prod(info.input_shape))
+            if (request.content_length or 0) > json_limit + binary_limit:
+                return error_response(413, "request body over the size limit for this model")
+            body = await self._read_body(request)
+            if len(body) > json_limit + binary_limit:
+                return error_response(413, "request body over the size limit for this model")
+            call = await asyncio.to_thread(
+                parse_infer, body, request.headers.get(HEADER_LENGTH), name, version, json_limit
+            )
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request body over the size limit")
-        try:
-            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            problem = None
-        except InvalidArgument as error:  # raised inside ``answer``, so the request is counted
-            header, binary, problem = {}, b"", error
-        given = header.get("id") if isinstance(header.get("id"), str) else None
+        except SmoothServeError as error:  # raised inside ``answer``, so the request is counted
+            problem = error
 
         def make_input():
             if problem is not None:
                 raise problem
-            datatype, shape, data = input_bytes(header, binary)
-            parameters = header.get("parameters") or {}
-            if not isinstance(parameters, dict):
-                raise InvalidArgument("parameters must be a JSON object")
-            return oip.to_input(name, version, datatype, shape, data, parameters)
+            return call.input
 
+        given = call.id if call is not None else None
         try:
             result = await answer(self.plane, name, make_input, None,
                                   given_id=given or request.headers.get(REQUEST_ID_KEY))  # fmt: skip
@@ -198,20 +284,28 @@ class RestServer:
             response = from_error(error)
             response.headers[REQUEST_ID_KEY] = REQUEST_ID.get()
             return response
-        response = self._infer_response(header, result)
+        response = self._infer_response(call, result)
         response.headers[REQUEST_ID_KEY] = result.request_id
         return response
 
-    def _infer_response(self, header: dict, result) -> web.Response:
-        requested = {o.get("name"): o for o in header.get("outputs") or [] if isinstance(o, dict)}
-        all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+    @staticmethod
+    async def _read_body(request: web.Request) -> bytes:
+        """The body, decoded; a body that does not decode as its Content-Encoding says is
+        the client's mistake (400), not the server's."""
+        try:
+            return await request.read()
+        except web.HTTPException:
+            raise
+        except (ValueError, RequestPayloadError, HttpProcessingError) as exc:
+            raise InvalidArgument(f"the request body could not be read: {str(exc)[:80]}") from None
+
+    def _infer_response(self, call: InferCall, result) -> web.Response:
         outputs, blobs = [], []
         for tensor in oip.outputs(result):
-            if requested and tensor.name not in requested:
+            if call.outputs and tensor.name not in call.outputs:
                 continue
-            wanted = (requested.get(tensor.name) or {}).get("parameters") or {}
             entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-            if wanted.get("binary_data", all_binary):
+            if call.outputs.get(tensor.name, call.binary_default):
                 blob = oip.raw_bytes(tensor)
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)

@@ -12,8 +12,9 @@ from dataclasses import replace
 
 from smoothserve_client.types import PredictResult
 
-from ..dataplane import CERTIFY, MAX_NAME_CHARS, DataPlane, PredictInput
+from ..dataplane import DataPlane
 from ..errors import BadState, DeadlineExceeded, ResourceExhausted, ShuttingDown, SmoothServeError
+from ..request import CERTIFY, MAX_NAME_CHARS, PredictInput
 from ..tracing import REQUEST_ID, request_id, span
 
 log = logging.getLogger(__name__)

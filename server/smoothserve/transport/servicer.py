@@ -11,15 +11,7 @@ from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 from smoothserve_client.types import PROCEDURE_NAMES
 
-from ..dataplane import (
-    CERTIFY,
-    MAX_NAME_CHARS,
-    PREDICT,
-    DataPlane,
-    PredictInput,
-    check_request_bounds,
-    check_tensor_header,
-)
+from ..dataplane import DataPlane
 from ..errors import (
     BadState,
     DeadlineExceeded,
@@ -29,6 +21,14 @@ from ..errors import (
     ResourceExhausted,
     SmoothServeError,
     Unavailable,
+)
+from ..request import (
+    CERTIFY,
+    MAX_NAME_CHARS,
+    PREDICT,
+    PredictInput,
+    check_request_bounds,
+    check_tensor_header,
 )
 from ..schema.request_envelope_pb2 import PredictRequestOutline
 from ..tracing import REQUEST_ID, request_id
