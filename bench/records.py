@@ -14,7 +14,8 @@ import time
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from smoothserve.certify import certify
+from smoothcert.families import FAMILIES
+from smoothcert.procedures.fixed_n import certify
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.records import Signer, certificate_record, check_signature
 from smoothserve.verify import recompute
@@ -38,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     selection, counts = np.array([2, 98] + [0] * 8), np.array([120, 99_880] + [0] * 8)
     signer = Signer(Ed25519PrivateKey.generate(), persistent=True)
-    answer = certify(selection, counts, 0.5, 0.001)
+    gaussian = FAMILIES["gaussian"]
+    answer = certify(selection, counts, gaussian, 0.5, 0.001)
     result = PredictResult(
         prediction=answer.prediction, label="trouser", abstain=False, radius=answer.radius,
         p_a_lower=answer.p_a_lower, p_value=0.0, candidate=answer.candidate,
@@ -54,7 +56,7 @@ def main() -> None:
     public = Ed25519PrivateKey.generate().public_key()
     parsed = __import__("json").loads(record)
 
-    baseline = per_call(lambda: certify(selection, counts, 0.5, 0.001), args.repeat)
+    baseline = per_call(lambda: certify(selection, counts, gaussian, 0.5, 0.001), args.repeat)
     build = per_call(lambda: certificate_record(result, "1" * 64, (1, 28, 28), "uint8",
                                                 signer.key_id, model_config=config),
                      args.repeat)  # fmt: skip

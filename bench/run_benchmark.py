@@ -42,7 +42,8 @@ import onnxruntime as ort
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from smoothserve.certify import certify
+from smoothcert.families import FAMILIES
+from smoothcert.procedures.fixed_n import certify
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import NoiseStream, noise_generator, noise_stream
 from smoothserve_client import SmoothServeClient
@@ -376,7 +377,7 @@ def baseline_certificate(
         return counts
 
     started = time.perf_counter()
-    certify(sample_noise(N0), sample_noise(n), sigma, ALPHA)
+    certify(sample_noise(N0), sample_noise(n), FAMILIES["gaussian"], sigma, ALPHA)
     return (N0 + n) / (time.perf_counter() - started)
 
 

@@ -22,11 +22,14 @@ import mpmath
 import numpy as np
 import pytest
 
-from smoothserve import certify as certify_module
-from smoothserve import sequential as sequential_module
-from smoothserve.certify import EXACT_SOLVE_ABOVE, certify, lower_confidence_bound
-from smoothserve.errors import BadState
-from smoothserve.sequential import upper_confidence_bound
+from smoothcert import bounds as bounds_module
+from smoothcert.bounds import EXACT_SOLVE_ABOVE, lower_confidence_bound, upper_confidence_bound
+from smoothcert.errors import NumericalError
+from smoothcert.families import FAMILIES
+from smoothcert.families import gaussian as gaussian_module
+from smoothcert.procedures.fixed_n import certify
+
+GAUSSIAN = FAMILIES["gaussian"]
 
 # Tolerances, relative to min(p, 1 - p) (the radius Phi^-1(p) depends on 1 - p near 1), plus
 # two ulps of p (a double near 1 cannot hold 1 - p more finely than that).
@@ -271,21 +274,23 @@ def test_bounds_move_with_alpha(k: int, n: int) -> None:
 
 
 def _break_scipy_quantiles(monkeypatch, value: float) -> None:
-    """SciPy's Beta quantiles as the bounds call them (scipy.special, shared by both
-    modules), returning ``value``."""
-    monkeypatch.setattr(certify_module.special, "betaincinv", lambda *args: value)
-    monkeypatch.setattr(sequential_module.special, "betainccinv", lambda *args: value)
+    """SciPy's Beta quantiles as the bounds call them (scipy.special, as smoothcert.bounds
+    sees it), returning ``value``."""
+    monkeypatch.setattr(bounds_module.special, "betaincinv", lambda *args: value)
+    monkeypatch.setattr(bounds_module.special, "betainccinv", lambda *args: value)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -0.25, 1.5])
-def test_a_bound_that_is_not_a_probability_raises_bad_state(monkeypatch, value: float) -> None:
+def test_a_bound_that_is_not_a_probability_raises_numerical_error(
+    monkeypatch, value: float
+) -> None:
     _break_scipy_quantiles(monkeypatch, value)
-    with pytest.raises(BadState, match=r"lower bound for k=5, n=10, alpha=0\.01\b"):
+    with pytest.raises(NumericalError, match=r"lower bound for k=5, n=10, alpha=0\.01\b"):
         lower_confidence_bound(5, 10, 0.01)
-    with pytest.raises(BadState, match=r"upper bound for k=5, n=10, alpha=0\.01\b"):
+    with pytest.raises(NumericalError, match=r"upper bound for k=5, n=10, alpha=0\.01\b"):
         upper_confidence_bound(5, 10, 0.01)
-    with pytest.raises(BadState):
-        certify(np.array([0, 10]), np.array([2, 8]), 0.5, 0.01)
+    with pytest.raises(NumericalError):
+        certify(np.array([0, 10]), np.array([2, 8]), GAUSSIAN, 0.5, 0.01)
 
 
 def test_above_the_threshold_scipy_only_starts_the_solve(monkeypatch) -> None:
@@ -300,21 +305,21 @@ def test_above_the_threshold_scipy_only_starts_the_solve(monkeypatch) -> None:
         assert have == pytest.approx(want, rel=1e-14)
 
 
-def test_a_nan_binomial_tail_raises_bad_state(monkeypatch) -> None:
-    monkeypatch.setattr(certify_module.special, "betainc", lambda *args: math.nan)
-    with pytest.raises(BadState, match="NaN"):
+def test_a_nan_binomial_tail_raises_numerical_error(monkeypatch) -> None:
+    monkeypatch.setattr(bounds_module.special, "betainc", lambda *args: math.nan)
+    with pytest.raises(NumericalError, match="NaN"):
         lower_confidence_bound(1000, 2 * EXACT_SOLVE_ABOVE, 1e-6)
 
 
-def test_a_radius_that_is_not_finite_raises_bad_state(monkeypatch) -> None:
+def test_a_radius_that_is_not_finite_raises_numerical_error(monkeypatch) -> None:
     class BrokenNorm:
         @staticmethod
         def ppf(p: float) -> float:
             return math.inf
 
-    monkeypatch.setattr(certify_module, "norm", BrokenNorm)
-    with pytest.raises(BadState, match=r"radius .* k=10, n=10, alpha=0\.01\b"):
-        certify(np.array([0, 10]), np.array([0, 10]), 0.5, 0.01)
+    monkeypatch.setattr(gaussian_module, "norm", BrokenNorm)  # the Gaussian radius's Phi^-1
+    with pytest.raises(NumericalError, match=r"radius .* k=10, n=10, alpha=0\.01\b"):
+        certify(np.array([0, 10]), np.array([0, 10]), GAUSSIAN, 0.5, 0.01)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5, math.nan])

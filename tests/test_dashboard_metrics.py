@@ -241,6 +241,22 @@ def test_dashboard_and_alerts_query_only_scraped_metrics(scrape: str) -> None:
         assert needed in used, needed
 
 
+def test_every_queried_series_has_samples(scrape: str) -> None:
+    """A name the page declares with no series under it (a labelled metric none of whose
+    label values was ever used) reads as "no data" in Grafana and makes an alert's ratio
+    empty: after the workload, every smoothserve_* name queried has samples."""
+    shown = {
+        re.match(r"[A-Za-z_:][\w:]*", line).group()
+        for line in scrape.splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+    queries += alert_expressions(ALERTS.read_text())
+    queried = set().union(*map(metric_names, queries))
+    empty = sorted(n for n in queried if n.startswith("smoothserve_") and n not in shown)
+    assert not empty, f"queried, declared, but no series: {empty}"
+
+
 def test_every_exported_metric_is_documented(scrape: str) -> None:
     doc = OPERATIONS.read_text()
     families = {f.name for f in text_string_to_metric_families(scrape)}

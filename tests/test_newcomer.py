@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA
 
-from smoothserve.certify import certify
+from smoothcert.families import FAMILIES
+from smoothcert.procedures.fixed_n import certify
 from smoothserve_client.cli import certify_dataset_main
 from smoothserve_client.dataset import progress_lines
 from smoothserve_client.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 from smoothserve_client.results import max_certifiable_radius, radius_limit_note
 
 ROOT = Path(__file__).resolve().parents[1]
+GAUSSIAN = FAMILIES["gaussian"]
 NOWHERE = "127.0.0.1:9"  # nothing listens: a test that reaches the network fails
 CLI = "import sys; from smoothserve_client.cli import {main} as main; sys.exit(main(sys.argv[1:]))"
 
@@ -149,6 +151,36 @@ def test_certify_a_directory_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(result, str(tmp_path))
 
 
+# 2b. a client installed without the cli extra (no Pillow, no tqdm)
+
+WITHOUT = "import sys; sys.modules[{module!r}] = None; "  # `import module` then fails
+CLI_EXTRA = "install the cli extra: pip install './clients[cli]'"
+
+
+def test_certify_a_png_without_pillow_says_install_the_cli_extra():
+    image = ROOT / "examples" / "image.png"
+    result = run_cli("certify_image_main", str(image), "--server", NOWHERE,
+                     prelude=WITHOUT.format(module="PIL"))  # fmt: skip
+    assert_one_line_error(result, "'PIL'", CLI_EXTRA)
+
+
+def test_dataset_cli_on_a_terminal_without_tqdm_says_install_the_cli_extra(tiny_fashion):
+    leader, follower = os.openpty()
+    code = WITHOUT.format(module="tqdm") + CLI.format(main="certify_dataset_main")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "--server", NOWHERE, "--data-dir", str(tiny_fashion)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+    err = os.read(leader, 65536).decode()
+    os.close(leader)
+    assert done.returncode == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line == "error: no module named 'tqdm'; " + CLI_EXTRA
+
+
 # 3. .venv-serve is ignored
 
 
@@ -224,7 +256,7 @@ def test_progress_on_a_terminal_is_a_bar():
     ("n", "alpha", "sigma"), [(1_000, 0.001, 0.5), (1_000, 0.001, 0.25), (100_000, 0.001, 0.12)]
 )
 def test_max_certifiable_radius_is_what_the_server_certifies_when_all_votes_agree(n, alpha, sigma):
-    server = certify(np.array([0, 100]), np.array([0, n]), sigma, alpha).radius
+    server = certify(np.array([0, 100]), np.array([0, n]), GAUSSIAN, sigma, alpha).radius
     assert max_certifiable_radius(n, alpha, sigma) == pytest.approx(server, rel=1e-9)
 
 
@@ -233,7 +265,7 @@ def test_radius_limit_note_has_one_line_per_sigma():
     lines = note.splitlines()
     assert len(lines) == 2
     for line, sigma in zip(lines, (0.25, 0.5), strict=True):
-        radius = certify(np.array([0, 1]), np.array([0, 1_000]), sigma, 0.001).radius
+        radius = certify(np.array([0, 1]), np.array([0, 1_000]), GAUSSIAN, sigma, 0.001).radius
         prefix = f"the largest radius n=1,000 can certify at alpha=0.001 with sigma={sigma:g} is"
         assert line == f"{prefix} {radius:.3f}"
 
@@ -258,7 +290,7 @@ def test_dataset_cli_logs_progress_table_limit_and_plot_title(server, tiny_fashi
     assert "\r" not in result.stderr and "\r" not in result.stdout
     assert "certify linear: 6/6 images" in result.stderr.splitlines()
     assert len(out.read_text().splitlines()) == 7
-    radius = certify(np.array([0, 1]), np.array([0, 1000]), LINEAR_SIGMA, 0.01).radius
+    radius = certify(np.array([0, 1]), np.array([0, 1000]), GAUSSIAN, LINEAR_SIGMA, 0.01).radius
     note = f"the largest radius n=1,000 can certify at alpha=0.01 with sigma=0.25 is {radius:.3f}"
     table_end = max(i for i, line in enumerate(result.stdout.splitlines()) if line.startswith("|"))
     assert result.stdout.splitlines()[table_end + 1] == note

@@ -344,7 +344,8 @@ def _false_certificate_rate(make_stream, trials: int = 300) -> float:
     """CERTIFY on a linear classifier whose exact radius is known (tests/test_linear_radius.py),
     its samples drawn in calls of 10 as the scheduler cuts a job shared with other requests;
     the fraction of certificates whose radius exceeds the truth, at alpha = 0.1."""
-    from smoothserve.certify import certify
+    from smoothcert.families import FAMILIES
+    from smoothcert.procedures.fixed_n import certify
 
     w = np.random.default_rng(1).normal(size=SHAPE)
     x = np.full(SHAPE, 0.5) + 0.15 * w / np.linalg.norm(w)  # 0.15 from the boundary w.(x - 0.5)
@@ -362,7 +363,7 @@ def _false_certificate_rate(make_stream, trials: int = 300) -> float:
                 score = (out.reshape(10, -1).astype(np.float64) - 0.5) @ w.reshape(-1)
                 votes += np.bincount((score > 0).astype(int), minlength=2)
             counts.append(votes)
-        result = certify(counts[0], counts[1], SIGMA, 0.1)
+        result = certify(counts[0], counts[1], FAMILIES["gaussian"], SIGMA, 0.1)
         false += result.prediction == 1 and result.radius > truth
     return false / trials
 

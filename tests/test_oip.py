@@ -100,7 +100,7 @@ def test_health_and_metadata(oip_server):
     metadata = http.get_model_metadata("linear")
     assert metadata["platform"] == "smoothserve" and metadata["versions"] == ["1"]
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32",
-                                   "shape": [-1, *LINEAR_SHAPE]}]  # fmt: skip
+                                   "shape": [1, *LINEAR_SHAPE]}]  # fmt: skip
     names = [o.name for o in grpc_client.get_model_metadata("linear").outputs]
     assert names[:3] == ["prediction", "abstain", "radius"] and "counts" in names
     assert http.get_server_metadata()["name"] == "smoothserve"

@@ -22,7 +22,10 @@ from conftest import LINEAR_SHAPE, LINEAR_SIGMA
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_linear_radius import point_at
 
-from smoothserve import certify, sequential
+from smoothcert import procedures
+from smoothcert.families import FAMILIES
+from smoothcert.procedures.fixed_n import certify
+from smoothcert.procedures.target_radius import target_schedule
 from smoothserve.model_config import SmoothModelConfig
 from smoothserve.records import (
     canonical_json,
@@ -36,6 +39,7 @@ from smoothserve_client import SmoothServeClient
 from smoothserve_client.types import read_signed_record, signed_record_json
 from smoothserve_dev.testing import ServerProcess
 
+GAUSSIAN = FAMILIES["gaussian"]
 X = point_at(0.5, 1)  # radius 0.5 from the boundary: every procedure certifies class 1
 FIRST_LOOK = 32  # not the default (64): the record must carry the server's configured value
 REQUESTS = {
@@ -124,9 +128,9 @@ def test_doubled_sigma_and_radius_resigned_fail_with_the_model(saved, key, linea
     honest = load(saved / "fixed_n.json")
     forged = doubled_sigma(honest)
     # Consistent as far as the counts go: CERTIFY at the doubled sigma gives the doubled radius.
-    again = certify.certify(
-        np.array(forged["selection_counts"]), np.array(forged["counts"]), forged["sigma"],
-        forged["alpha"],
+    again = certify(
+        np.array(forged["selection_counts"]), np.array(forged["counts"]), GAUSSIAN,
+        forged["sigma"], forged["alpha"],
     )  # fmt: skip
     assert again.radius == forged["radius"] == 2 * honest["radius"] > 0
     path = resign(forged, key, tmp_path / "doubled.json")
@@ -157,19 +161,23 @@ def one_look_at_half_alpha(record: dict) -> dict:
     look has alpha / 2), with the bound, radius and answer recomputed for that claim."""
     forged = json.loads(json.dumps(record))
     n, sigma, alpha = record["n"], record["sigma"], record["alpha"]
-    count_a = record["counts"][record["candidate"]]
-    if record["procedure"] == sequential.TARGET:
+    procedure = procedures.get(record["procedure"])
+    if record["procedure"] == "target_radius":
         schedule = [n, 2 * n]
-        look = sequential.target_radius_look(
-            count_a, n, 1, tuple(schedule), record["target_radius"], sigma, alpha
-        )
+        plan = procedures.Plan(alpha, GAUSSIAN, sigma, cap=2 * n, first_look=n,
+                               target_radius=record["target_radius"])  # fmt: skip
     else:
         schedule = [n]
-        look = sequential.anytime_look(count_a, n, 1, sigma, alpha, record["tolerance"])
-    assert look.look_alpha == alpha / 2 and sequential.certified(record["procedure"], look)
+        plan = procedures.Plan(alpha, GAUSSIAN, sigma, cap=n, first_look=n,
+                               tolerance=record["tolerance"])  # fmt: skip
+    answer = procedure.look(plan, tuple(schedule), 1, np.array(record["selection_counts"]),
+                            np.array(record["counts"]))  # fmt: skip
+    assert answer.bound_alpha == alpha / 2 and not answer.abstain
+    assert answer.prediction == answer.candidate == record["candidate"]
     forged.update(
-        look_schedule=schedule, looks=1, bound_alpha=look.look_alpha, p_a_lower=look.p_a_lower,
-        radius=look.radius, prediction=record["candidate"], abstain=False,
+        look_schedule=schedule, looks=1, bound_alpha=answer.bound_alpha,
+        p_a_lower=answer.p_a_lower, radius=answer.radius, prediction=answer.prediction,
+        abstain=False,
     )  # fmt: skip
     return forged
 
@@ -193,9 +201,9 @@ def test_the_plan_is_the_servers(saved):
     target, anytime = load(saved / "target_radius.json"), load(saved / "anytime.json")
     assert target["plan"] == anytime["plan"] == {"first_look": FIRST_LOOK, "cap": 10_000}
     assert target["look_schedule"] == list(
-        sequential.target_schedule(FIRST_LOOK, 10_000, 0.25, LINEAR_SIGMA, target["alpha"])
+        target_schedule(FIRST_LOOK, 10_000, 0.25, GAUSSIAN, LINEAR_SIGMA, target["alpha"])
     )
-    assert anytime["look_schedule"] == list(sequential.look_schedule(FIRST_LOOK, 10_000))
+    assert anytime["look_schedule"] == list(procedures.look_schedule(FIRST_LOOK, 10_000))
     for kind in ("fixed_n", "predict"):
         assert load(saved / f"{kind}.json")["plan"] == {"first_look": 0, "cap": 10_000}
 
@@ -208,6 +216,7 @@ def test_an_honest_record_verifies_with_and_without_the_model(kind, saved, key, 
     record = load(saved / f"{kind}.json")
     assert record["format"] == "smoothserve.certificate.v2"
     assert record["config"] == {
+        "noise_family": "gaussian",
         "sigma": LINEAR_SIGMA, "labels": ["negative", "positive"], "value_range": [0.0, 1.0],
         "input_shape": list(LINEAR_SHAPE), "input_data_type": "TYPE_FP32", "sound_noise": False,
     }  # fmt: skip

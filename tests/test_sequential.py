@@ -18,21 +18,21 @@ from scipy.stats import binom, norm
 from servers import metric
 from test_linear_radius import point_at, true_radius
 
-from smoothserve.certify import lower_confidence_bound
-from smoothserve.sequential import (
+from smoothcert.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothcert.families import FAMILIES
+from smoothcert.procedures import look_schedule
+from smoothcert.procedures.anytime import anytime_alpha, anytime_look
+from smoothcert.procedures.target_radius import (
     EARLY_ABSTAIN_LEVEL,
-    anytime_alpha,
-    anytime_look,
-    look_schedule,
     target_levels,
     target_radius_look,
     target_schedule,
-    upper_confidence_bound,
 )
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.testing import ServerProcess
 
 PHI = statistics.NormalDist()
+GAUSSIAN = FAMILIES["gaussian"]
 
 
 # --- pure functions at their edges --------------------------------------------------------
@@ -72,14 +72,15 @@ def test_upper_bound_against_the_binomial_tail(k, n, alpha):
 
 
 S12 = look_schedule(64, 100_000)  # 64, 128, ..., 65536, 100000: 12 looks
+HALF = (GAUSSIAN, 0.5, 0.001)  # Gaussian noise, sigma = 0.5, alpha = 0.001
 
 
 def test_target_look_closed_form_for_unanimous_votes():
     """k = n: the lower bound is (alpha / K)^(1/n), so with sigma = 0.5 and r = 0.5 (threshold
     Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks, all of which
     can certify (each gets alpha / 12)."""
-    assert target_levels(S12, 0.5, 0.5, 0.001) == (0.001 / 12,) * 12
-    look = target_radius_look(64, 64, 1, S12, 0.5, 0.5, 0.001)
+    assert target_levels(S12, 0.5, GAUSSIAN, 0.5, 0.001) == (0.001 / 12,) * 12
+    look = target_radius_look(64, 64, 1, S12, 0.5, GAUSSIAN, 0.5, 0.001)
     assert look.decision == "certified"
     assert math.isclose(look.p_a_lower, (0.001 / 12) ** (1 / 64), rel_tol=1e-12)
     assert math.isclose(look.radius, 0.5 * PHI.inv_cdf((0.001 / 12) ** (1 / 64)), rel_tol=1e-9)
@@ -87,21 +88,23 @@ def test_target_look_closed_form_for_unanimous_votes():
     # 40 unanimous votes certify at a single look, not as the first of several looks: 40 is
     # below what any level the split could give it needs, so that look gets no alpha at all
     later = look_schedule(40, 100_000)
-    assert target_levels(later, 0.5, 0.5, 0.001)[0] == 0.0
-    assert target_radius_look(40, 40, 1, later, 0.5, 0.5, 0.001).decision == "continue"
-    assert target_radius_look(40, 40, 1, (40,), 0.5, 0.5, 0.001).decision == "certified"
+    assert target_levels(later, 0.5, GAUSSIAN, 0.5, 0.001)[0] == 0.0
+    assert target_radius_look(40, 40, 1, later, 0.5, *HALF).decision == "continue"
+    assert target_radius_look(40, 40, 1, (40,), 0.5, *HALF).decision == "certified"
 
 
 def test_target_look_abstains_early_and_at_the_last_look():
-    assert target_radius_look(40, 64, 1, S12, 0.5, 0.5, 0.001).decision == "abstain"  # hopeless
-    assert target_radius_look(60, 64, 1, S12, 0.5, 0.5, 0.001).decision == "continue"
-    assert target_radius_look(60, 64, 1, (64,), 0.5, 0.5, 0.001).decision == "abstain"  # the cap
+    assert target_radius_look(40, 64, 1, S12, 0.5, *HALF).decision == "abstain"  # hopeless
+    assert target_radius_look(60, 64, 1, S12, 0.5, *HALF).decision == "continue"
+    assert target_radius_look(60, 64, 1, (64,), 0.5, *HALF).decision == "abstain"  # the cap
 
 
-def independent_levels(schedule, target, sigma, alpha):
+def independent_levels(schedule, target, sigma, alpha, threshold=None):
     """The split, from its definition: the largest m such that at least m looks can certify
-    at alpha / m, where a look of n samples can iff (alpha / m) ** (1 / n) > Phi(r / sigma)."""
-    threshold = PHI.cdf(target / sigma)
+    at alpha / m, where a look of n samples can iff (alpha / m) ** (1 / n) > Phi(r / sigma)
+    (or ``threshold``, for another family)."""
+    if threshold is None:
+        threshold = PHI.cdf(target / sigma)
     for m in range(len(schedule), 0, -1):
         able = [k for k, n in enumerate(schedule) if (alpha / m) ** (1 / n) > threshold]
         if len(able) >= m:
@@ -112,7 +115,7 @@ def independent_levels(schedule, target, sigma, alpha):
 @pytest.mark.parametrize("sigma, target", [(0.25, 0.25), (0.25, 0.5), (0.25, 0.75),
                                            (0.25, 1.0), (0.5, 0.75), (0.5, 1.0)])  # fmt: skip
 def test_alpha_goes_only_to_looks_that_can_certify(sigma, target):
-    levels = target_levels(S12, target, sigma, 0.001)
+    levels = target_levels(S12, target, GAUSSIAN, sigma, 0.001)
     assert list(levels) == pytest.approx(independent_levels(S12, target, sigma, 0.001))
     assert sum(levels) <= 0.001 * (1 + 1e-12)
     threshold = PHI.cdf(target / sigma)
@@ -120,11 +123,29 @@ def test_alpha_goes_only_to_looks_that_can_certify(sigma, target):
         assert level == 0.0 or lower_confidence_bound(n, n, level) > threshold
 
 
+@pytest.mark.parametrize("lam, target", [(0.5, 0.25), (0.5, 0.45), (1.0, 0.5), (0.25, 0.2)])
+def test_uniform_alpha_goes_only_to_looks_that_can_certify(lam, target):
+    """The same split for uniform noise, whose threshold is 1/2 + r / (2 lambda)."""
+    uniform = FAMILIES["uniform"]
+    threshold = 0.5 + target / (2 * lam)
+    levels = target_levels(S12, target, uniform, lam, 0.001)
+    expected = independent_levels(S12, target, lam, 0.001, threshold=threshold)
+    assert list(levels) == pytest.approx(expected)
+    for n, level in zip(S12, levels, strict=True):
+        assert level == 0.0 or lower_confidence_bound(n, n, level) > threshold
+    look = target_radius_look(64, 64, 1, S12, target, uniform, lam, 0.001)
+    if levels[0]:
+        assert look.decision == "certified"
+        p = lower_confidence_bound(64, 64, levels[0])
+        assert math.isclose(look.radius, 2 * lam * (p - 0.5), rel_tol=1e-12)
+        assert look.radius >= target
+
+
 def test_an_unreachable_target_abstains_at_the_first_look():
     """sigma = 0.25, r = 1: Phi(4) needs 0.001 ** (1 / n) > 0.99997, n > 218,000: beyond the
     cap, so no look gets alpha and the first look abstains, whatever the votes."""
-    assert target_levels(S12, 1.0, 0.25, 0.001) == (0.0,) * 12
-    assert target_radius_look(64, 64, 1, S12, 1.0, 0.25, 0.001).decision == "abstain"
+    assert target_levels(S12, 1.0, GAUSSIAN, 0.25, 0.001) == (0.0,) * 12
+    assert target_radius_look(64, 64, 1, S12, 1.0, GAUSSIAN, 0.25, 0.001).decision == "abstain"
 
 
 def test_futility_abstains_once_no_later_look_can_certify():
@@ -132,8 +153,8 @@ def test_futility_abstains_once_no_later_look_can_certify():
     alpha), and only with every vote; one vote lost at the first look leaves it short, so the
     test abstains at once, where the upper bound alone would still continue."""
     sigma, target, alpha = 0.25, 0.75, 0.001
-    schedule = target_schedule(64, 5200, target, sigma, alpha)
-    levels = target_levels(schedule, target, sigma, alpha)
+    schedule = target_schedule(64, 5200, target, GAUSSIAN, sigma, alpha)
+    levels = target_levels(schedule, target, GAUSSIAN, sigma, alpha)
     threshold = PHI.cdf(target / sigma)
 
     def can_still_certify(lost: int) -> bool:  # from the definition, with every vote to c_A
@@ -142,8 +163,9 @@ def test_futility_abstains_once_no_later_look_can_certify():
 
     assert not can_still_certify(1) and can_still_certify(0)
     assert upper_confidence_bound(63, 64, EARLY_ABSTAIN_LEVEL) > threshold
-    assert target_radius_look(63, 64, 1, schedule, target, sigma, alpha).decision == "abstain"
-    assert target_radius_look(64, 64, 1, schedule, target, sigma, alpha).decision == "continue"
+    plan = (target, GAUSSIAN, sigma, alpha)
+    assert target_radius_look(63, 64, 1, schedule, *plan).decision == "abstain"
+    assert target_radius_look(64, 64, 1, schedule, *plan).decision == "continue"
 
 
 @pytest.mark.parametrize("sigma, target", [(0.25, 0.5), (0.25, 0.75), (0.5, 0.75), (0.5, 1.0)])
@@ -151,27 +173,28 @@ def test_the_target_schedule_starts_certifying_at_the_fewest_samples(sigma, targ
     """The first look with alpha is the fewest samples that can certify at its level, so a
     unanimous input stops there; the looks before it can only abstain."""
     alpha = 0.001
-    schedule = target_schedule(64, 100_000, target, sigma, alpha)
-    levels = target_levels(schedule, target, sigma, alpha)
+    schedule = target_schedule(64, 100_000, target, GAUSSIAN, sigma, alpha)
+    levels = target_levels(schedule, target, GAUSSIAN, sigma, alpha)
     first = next(k for k, v in enumerate(levels) if v)
     n = schedule[first]
     threshold = PHI.cdf(target / sigma)
     assert lower_confidence_bound(n, n, levels[first]) > threshold
     assert lower_confidence_bound(n - 1, n - 1, levels[first]) <= threshold
-    assert target_radius_look(n, n, first + 1, schedule, target, sigma, alpha).decision == (
-        "certified"
-    )
+    look = target_radius_look(n, n, first + 1, schedule, target, GAUSSIAN, sigma, alpha)
+    assert look.decision == "certified"
     assert schedule[-1] == 100_000 and list(schedule) == sorted(set(schedule))
 
 
 def test_anytime_look_bound_and_stopping():
-    look = anytime_look(900, 1000, 3, 0.25, 0.001)
+    look = anytime_look(900, 1000, 3, GAUSSIAN, 0.25, 0.001)
     assert look.look_alpha == 0.001 / 12
     assert look.p_a_lower == lower_confidence_bound(900, 1000, 0.001 / 12)
     assert math.isclose(look.radius, 0.25 * PHI.inv_cdf(look.p_a_lower), rel_tol=1e-9)
     assert look.decision == "continue"
-    assert anytime_look(900, 1000, 3, 0.25, 0.001, tolerance=0.05).decision == "certified"
-    assert anytime_look(30, 100, 1, 0.25, 0.001).decision == "abstain"  # upper bound < 1/2
+    assert anytime_look(900, 1000, 3, GAUSSIAN, 0.25, 0.001, tolerance=0.05).decision == (
+        "certified"
+    )
+    assert anytime_look(30, 100, 1, GAUSSIAN, 0.25, 0.001).decision == "abstain"  # upper < 1/2
 
 
 # --- validity by simulation, at the worst case ------------------------------------------------
@@ -189,7 +212,7 @@ def run_target_test(counts: np.ndarray, schedule, target, sigma, alpha) -> list[
     decisions = []
     for row in counts:
         for k, (count, n) in enumerate(zip(row, schedule, strict=True), 1):
-            look = target_radius_look(int(count), n, k, schedule, target, sigma, alpha)
+            look = target_radius_look(int(count), n, k, schedule, target, GAUSSIAN, sigma, alpha)
             if look.decision != "continue":
                 decisions.append(look.decision)
                 break
@@ -201,7 +224,7 @@ def test_target_radius_false_certificates_stay_within_alpha(schedule_of):
     """p_A just below Phi(r / sigma): every run that says "certified" is a false certificate."""
     alpha, sigma, target, runs = 0.05, 0.25, 0.25, 4000
     schedule = (look_schedule(32, 4096) if schedule_of == "doubling"
-                else target_schedule(32, 4096, target, sigma, alpha))  # fmt: skip
+                else target_schedule(32, 4096, target, GAUSSIAN, sigma, alpha))  # fmt: skip
     p = norm.cdf(target / sigma) - 1e-4
     decisions = run_target_test(
         simulate_counts(p, schedule, runs, 1), schedule, target, sigma, alpha
@@ -227,7 +250,8 @@ def test_anytime_radius_exceeds_the_truth_within_alpha(rule):
     rng = np.random.default_rng(4)
     over = 0
     for row in counts:
-        looks = [anytime_look(int(c), n, k, sigma, alpha, 0.02 if rule == "tolerance" else 0.0)
+        tolerance = 0.02 if rule == "tolerance" else 0.0
+        looks = [anytime_look(int(c), n, k, GAUSSIAN, sigma, alpha, tolerance)
                  for k, (c, n) in enumerate(zip(row, schedule, strict=True), 1)]  # fmt: skip
         if rule == "largest radius":
             radius = max(look.radius for look in looks)
@@ -395,5 +419,5 @@ def test_live_target_radius_deadline_and_cancellation_release_the_budget(small_b
 def test_the_alpha_split_cache_stays_bounded():
     """Clients choose the target radius: distinct radii must not grow the server's memory."""
     for i in range(1500):
-        target_levels(S12, 0.25 + i * 1e-6, 0.5, 0.001)
+        target_levels(S12, 0.25 + i * 1e-6, GAUSSIAN, 0.5, 0.001)
     assert target_levels.cache_info().currsize <= 1024

@@ -16,13 +16,14 @@ import pytest
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
 from scipy.stats import chi2_contingency, norm
 
+from smoothcert.families import FAMILIES
+from smoothcert.procedures.fixed_n import certify
 from smoothserve_dev.models import write_linear_model
 
 torch = pytest.importorskip("torch")
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from smoothserve.backends.torch_backend import TorchBackend, draw_noisy_segments  # noqa: E402
-from smoothserve.certify import certify  # noqa: E402
 from smoothserve.metrics import Metrics  # noqa: E402
 from smoothserve.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve.noise import noise_generator  # noqa: E402
@@ -130,7 +131,8 @@ def test_counts_agree_with_onnxruntime(twin_repo, torch_client) -> None:
     distance, n = 0.3, 100_000  # the linear model's radius: the same within sampling error
     x = linear_point(distance)
     on_device = torch_client.predict("linear", x, n0=100, n=n, alpha=0.001).radius
-    on_host = certify(*embedded_counts(twin_repo, "linear", x, (100, n)), LINEAR_SIGMA, 0.001)
+    on_host = certify(*embedded_counts(twin_repo, "linear", x, (100, n)), FAMILIES["gaussian"],
+                      LINEAR_SIGMA, 0.001)  # fmt: skip
     p = norm.cdf(distance / LINEAR_SIGMA)
     standard_error = LINEAR_SIGMA * np.sqrt(p * (1 - p) / n) / norm.pdf(norm.ppf(p))
     assert max(on_device, on_host.radius) <= distance

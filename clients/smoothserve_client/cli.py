@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,16 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+CLI_EXTRA = "install the cli extra: pip install './clients[cli]'"
+
+
+def _missing_cli_extra(error: ModuleNotFoundError) -> int:
+    """Pillow or tqdm absent: the client was installed without its ``cli`` extra."""
+    if error.name not in ("PIL", "tqdm"):
+        raise error
+    return _fail(f"no module named {error.name!r}; {CLI_EXTRA}")
+
+
 def certify_image_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smoothserve-certify",
@@ -71,6 +82,8 @@ def certify_image_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:  # before connecting, so that a bad file fails at once and says so
         image = load_image(args.image)
+    except ModuleNotFoundError as error:
+        return _missing_cli_extra(error)
     except (OSError, ValueError) as error:
         return _fail(f"cannot read {args.image} as an image (PNG, JPEG, ... or .npy): {error}")
     with SmoothServeClient(args.server, timeout=args.timeout, token=args.token) as client:
@@ -123,8 +136,12 @@ def certify_dataset_main(argv: list[str] | None = None) -> int:
 
     from .dataset import certify_dataset
 
+    if sys.stderr.isatty() and importlib.util.find_spec("tqdm") is None:  # the progress bar
+        return _fail(f"no module named 'tqdm'; {CLI_EXTRA}")
     try:
         dataset = load_dataset(args.dataset, args.data_dir, args.split)
+    except ModuleNotFoundError as error:
+        return _missing_cli_extra(error)
     except (OSError, ValueError) as error:
         return _fail(str(error))
     indices = np.arange(0, len(dataset), args.skip)[: args.max].tolist()

@@ -82,6 +82,7 @@ def certified_accuracy_figure(
     max_radius: float | None = None,
     empirical: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
     subtitle: str | None = None,
+    norm: str = "l2",
 ):
     """The matplotlib figure of ``plot_certified_accuracy``; the caller closes it."""
     plt = _pyplot()
@@ -95,7 +96,7 @@ def certified_accuracy_figure(
         colors[name] = line.get_color()
     for name, (xs, ys) in (empirical or {}).items():
         ax.plot(xs, ys, "--", color=colors.get(name), label=f"{name} (empirical)")
-    ax.set_xlabel("L2 radius")
+    ax.set_xlabel(f"{norm.upper()} radius")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, radii[-1])
@@ -113,8 +114,10 @@ def plot_certified_accuracy(
     max_radius: float | None = None,
     empirical: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
     subtitle: str | None = None,
+    norm: str = "l2",
 ) -> None:
-    """Certified accuracy against L2 radius, one line per result set, as in the papers' figures.
+    """Certified accuracy against radius in ``norm`` (L2 by default), one line per result set,
+    as in the papers' figures.
 
     ``empirical`` adds dashed lines (radii, accuracies) of empirical robust accuracy;
     ``subtitle`` (``plot_subtitle``) says n, alpha, sigma and how many images. The title and
@@ -122,7 +125,7 @@ def plot_certified_accuracy(
     matplotlib.
     """
     plt = _pyplot()
-    fig = certified_accuracy_figure(curves, title, max_radius, empirical, subtitle)
+    fig = certified_accuracy_figure(curves, title, max_radius, empirical, subtitle, norm)
     full_title = title if subtitle is None else f"{title} ({subtitle})"
     metadata = {"Title": full_title} if str(path).lower().endswith(".png") else None
     try:

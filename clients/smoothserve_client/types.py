@@ -59,6 +59,8 @@ class PredictResult:
     record: bytes = b""  # the certificate record, canonical JSON (docs/api.md)
     record_signature: bytes = b""  # its Ed25519 signature
     request_id: str = ""  # the server's log lines of this request carry it
+    noise_family: str = "gaussian"  # sigma is this family's scale (uniform: lambda)
+    norm: str = "l2"  # the norm of the radius: "l2" (Gaussian), "l1" (uniform)
 
     def save_record(self, path: str | Path) -> None:
         """Write the signed certificate record to ``path`` for ``smoothserve-verify``."""
@@ -111,6 +113,8 @@ class ModelInfo:
     batch_size: int = 0
     batch_size_source: str = ""
     noise_generator: str = ""
+    noise_family: str = ""  # sigma is this family's scale
+    norm: str = ""  # the norm of the radii it certifies
 
     def to_proto(self) -> pb.ModelInfo:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "value_range"}

@@ -12,12 +12,16 @@ from smoothserve.model_config import SmoothModelConfig
 
 
 def write_linear_model(
-    repo: Path, name: str, w: np.ndarray, b: float, sigma: float, shape: tuple[int, ...]
-) -> Path:
-    """A two-class linear classifier: class 1 where w.x + b > 0, else class 0.
+    repo: Path, name: str, w: np.ndarray, b: float, sigma: float, shape: tuple[int, ...],
+    noise_family: str = "gaussian",
+) -> Path:  # fmt: skip
+    """A two-class linear classifier: class 1 where w.x + b > 0, else class 0, smoothed with
+    ``noise_family`` noise of scale ``sigma``.
 
-    Its smoothed classifier is itself, and its exact certified radius at x is |w.x + b|/||w||.
-    Logits are [0, w.x + b], so ties (w.x + b = 0) go to class 0.
+    Under Gaussian noise its smoothed classifier is itself, and its exact certified L2 radius
+    at x is |w.x + b|/||w||. With w a coordinate axis (a half-plane x_i > t), under uniform
+    noise on [-sigma, sigma]^d, p_A = 1/2 + |x_i - t| / (2 sigma) and the exact L1 radius is
+    |x_i - t| (for |x_i - t| <= sigma). Logits are [0, w.x + b], so ties go to class 0.
     """
     flat = int(np.prod(shape))
     weights = np.zeros((flat, 2), dtype=np.float32)
@@ -40,8 +44,9 @@ def write_linear_model(
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(model, model_dir / "1" / "model.onnx")
     SmoothModelConfig(
-        name=name, sigma=sigma, labels=("negative", "positive"), input_shape=tuple(shape)
-    ).write(model_dir)
+        name=name, sigma=sigma, labels=("negative", "positive"), input_shape=tuple(shape),
+        noise_family=noise_family,
+    ).write(model_dir)  # fmt: skip
     return model_dir
 
 

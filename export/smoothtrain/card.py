@@ -27,7 +27,8 @@ def write_card(
         f"| method | {cfg.method}"
         + (f" ({cfg.attack})" if cfg.method == "smoothadv" else "")
         + " |",
-        f"| sigma | {cfg.sigma} |",
+        f"| noise | {cfg.noise_family}, {cfg.family.scale_parameter} = {cfg.sigma} "
+        f"(certifies {cfg.family.norm.upper()} radii) |",
         f"| epsilon (L2, [0,1] pixels) | {cfg.epsilon if cfg.method == 'smoothadv' else '-'} |",
         "| attack steps / noise draws (m) | "
         + (f"{cfg.num_steps} / {cfg.num_noise_vec} |" if cfg.method == "smoothadv" else "- |"),

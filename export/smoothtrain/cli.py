@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from smoothcert.families import FAMILIES
+
 from .card import write_card
 from .checkpoint import save_model
 from .config import TrainConfig
@@ -29,7 +31,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=d.arch, choices=ARCHITECTURES)
     p.add_argument("--method", default=d.method, choices=["gaussian", "smoothadv"])
     p.add_argument("--attack", default=d.attack, choices=["pgd", "ddn"])
-    p.add_argument("--sigma", type=float, default=d.sigma, help="noise level, [0,1] pixels")
+    p.add_argument("--noise-family", default=d.noise_family, choices=sorted(FAMILIES),
+                   help="smoothing noise: gaussian (certifies L2 radii) or uniform (L1)")  # fmt: skip
+    p.add_argument("--sigma", "--lambda", type=float, default=d.sigma, dest="sigma",
+                   help="the noise family's scale in [0,1] pixels: Gaussian sigma, uniform "
+                        "lambda (noise on [-lambda, lambda])")  # fmt: skip
     p.add_argument("--epsilon", type=float, default=d.epsilon, help="SmoothAdv L2 radius")
     p.add_argument("--num-steps", "--steps", type=int, default=d.num_steps, dest="num_steps")
     p.add_argument(
@@ -64,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     cfg = config_from_args(args)
+    if cfg.method == "smoothadv" and cfg.noise_family != "gaussian":
+        raise SystemExit("SmoothAdv attacks in L2 under Gaussian noise: use --method gaussian "
+                         f"(noise augmentation) with --noise-family {cfg.noise_family}")  # fmt: skip
     run_dir = args.run_dir or REPO_ROOT / "runs" / cfg.name
     result = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     ckpt = args.checkpoint_dir / f"{cfg.name}.pt"
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         result.model, cfg, result.classes, result.input_shape, args.model_repo
     )
     max_diff = verify_onnx(
-        model_dir / "1" / "model.onnx", result.model, result.input_shape, cfg.sigma
+        model_dir / "1" / "model.onnx", result.model, result.input_shape, cfg.sigma,
+        noise=cfg.noise_like,
     )
     if max_diff > 1e-4:
         raise SystemExit(f"exported graph differs from torch by {max_diff:.3g} > 1e-4")

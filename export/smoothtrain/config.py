@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
+
+from smoothcert.families import NoiseFamily, family
+
 
 @dataclass
 class TrainConfig:
@@ -12,9 +16,10 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     arch: str = "cnn"
-    method: str = "gaussian"  # "gaussian" (Cohen et al.) or "smoothadv" (Salman et al.)
+    method: str = "gaussian"  # noise augmentation (Cohen et al.) or "smoothadv" (Salman et al.)
     attack: str = "pgd"  # SmoothAdv attack: "pgd" or "ddn"
-    sigma: float = 0.25
+    noise_family: str = "gaussian"  # smoothcert.families: "gaussian" (L2) or "uniform" (L1)
+    sigma: float = 0.25  # the family's scale: Gaussian sigma, uniform lambda
     epsilon: float = 0.5  # L2 radius of the attack, [0, 1] pixel units
     num_steps: int = 2  # attack steps (k)
     num_noise_vec: int = 2  # noise draws per input for SmoothAdv (m)
@@ -46,7 +51,21 @@ class TrainConfig:
             return self.epsilon
         return min(self.epsilon, (epoch + 1) * self.epsilon / self.warmup)
 
+    @property
+    def family(self) -> NoiseFamily:
+        return family(self.noise_family)
+
+    def noise_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The training transform: noise of the model's family at its scale, shaped like x
+        (the family draws it: ``NoiseFamily.fill_torch``)."""
+        eps = torch.empty_like(x)
+        self.family.fill_torch(eps, None)
+        return eps * self.sigma
+
     def describe(self) -> str:
+        if self.method == "gaussian" and self.noise_family != "gaussian":
+            scale = self.family.scale_parameter
+            return f"{self.noise_family} noise augmentation, {scale}={self.sigma}"
         if self.method == "gaussian":
             return f"Gaussian augmentation, sigma={self.sigma}"
         return (

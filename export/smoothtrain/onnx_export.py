@@ -37,9 +37,11 @@ def export_onnx(model: nn.Module, input_shape, path: Path, opset: int = 17) -> P
 
 
 def verify_onnx(
-    path: Path, model: nn.Module, input_shape, sigma: float, batch: int = 64, seed: int = 0
-) -> float:
-    """onnx.checker, then the max |ORT - torch| over clean and noisy inputs (as served)."""
+    path: Path, model: nn.Module, input_shape, sigma: float, batch: int = 64, seed: int = 0,
+    noise=None,
+) -> float:  # fmt: skip
+    """onnx.checker, then the max |ORT - torch| over clean and noisy inputs (as served);
+    ``noise(x)`` draws the model's noise (default: Gaussian at ``sigma``)."""
     import onnx
     import onnxruntime as ort
 
@@ -47,7 +49,10 @@ def verify_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     clean = torch.rand(batch, *input_shape, generator=generator)
-    noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+    if noise is None:
+        noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+    else:
+        noisy = clean + noise(clean)
     worst = 0.0
     for x in (clean, noisy, clean[:1]):
         with torch.no_grad():
@@ -80,6 +85,7 @@ def write_model_repo(
     config = SmoothModelConfig(
         name=cfg.name,
         sigma=cfg.sigma,
+        noise_family=cfg.noise_family,
         labels=tuple(classes),
         input_shape=tuple(int(d) for d in input_shape),
         value_range=(0.0, 1.0),

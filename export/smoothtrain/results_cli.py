@@ -27,6 +27,7 @@ from .card import set_results
 from .checkpoint import load_model
 from .data import to_tensors
 from .evaluate import certify_models, empirical_robust_accuracy, onnx_throughput
+from .l1_results import preserved_section
 from .report import best_model, comparison, empirical_table, model_card_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     images = len(next(iter(curves.values()), []))
     settings = f"{images} {args.dataset} test images, n0={args.n0}, n={args.n}, alpha={args.alpha}"
     text = _document(args, argv, curves, models, empirical, throughput, timing, settings)
+    old = docs / "results.md"
+    text += preserved_section(old.read_text()) if old.exists() else ""  # make_l1_results.py's
     (docs / "results.md").write_text(text)
     if not args.scratch:
         for name in args.models:
@@ -248,7 +251,7 @@ def _radius_cap(n: int, alpha: float) -> float:
     """The largest radius CERTIFY can give with n samples, in units of sigma."""
     from scipy.stats import norm
 
-    from smoothserve.certify import lower_confidence_bound
+    from smoothcert.bounds import lower_confidence_bound
 
     return float(norm.ppf(lower_confidence_bound(n, n, alpha)))
 

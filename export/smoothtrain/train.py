@@ -49,17 +49,17 @@ def smoothadv_batch(
 def gaussian_batch(
     model: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return model(x + torch.randn_like(x) * cfg.sigma), y
+    return model(x + cfg.noise_like(x)), y
 
 
 @torch.no_grad()
-def noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float) -> float:
-    """Accuracy of the base classifier under one Gaussian draw per image."""
+def noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:
+    """Accuracy of the base classifier under one draw of the model's noise per image."""
     model.eval()
     correct = 0
     for start in range(0, len(y), 1000):
         xb, yb = x[start : start + 1000], y[start : start + 1000]
-        correct += int((model(xb + torch.randn_like(xb) * sigma).argmax(1) == yb).sum())
+        correct += int((model(xb + cfg.noise_like(xb)).argmax(1) == yb).sum())
     return correct / max(1, len(y))
 
 
@@ -103,7 +103,7 @@ def train(
         began = time.time()
         stats = _epoch(model, cfg, optimizer, x_train, y_train, epoch, progress)
         scheduler.step()
-        stats["test_noisy_acc"] = noisy_accuracy(model, x_test, y_test, cfg.sigma)
+        stats["test_noisy_acc"] = noisy_accuracy(model, x_test, y_test, cfg)
         stats["seconds"] = time.time() - began
         result.history.append(stats)
         result.wall_time_s += stats["seconds"]

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,6 +37,7 @@ from .transport.auth import (
 )
 from .transport.limits import MAX_HEALTH_WATCHES, HealthWatchLimit
 from .transport.malformed import MalformedRequestInterceptor
+from .transport.predict_call import ACCESS_LOGGER
 from .transport.servicer import PRECHECKS, SmoothServeServicer
 
 log = logging.getLogger("smoothserve")
@@ -143,8 +145,11 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         self._add_inference_protocol(plane, tokens)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME,
+             # inference.GRPCInferenceService when OIP gRPC is on: it adds its prechecks
+             *sorted({method.split("/")[1] for method in self.prechecks} - {SERVICE_NAME})),
+            self.grpc_server,
+        )  # fmt: skip
         address = f"{c.host}:{c.port}"
         if c.tls_cert and c.tls_key:
             credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
@@ -238,14 +243,50 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = ServerConfig.from_args(argv)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdFilter())  # every line shows its request's ID, or "-"
+    configure_logging(config)
     try:
         tracing.configure(config.otlp_endpoint)
     except ImportError as exc:
         raise SystemExit(f"--otlp-endpoint needs the tracing extra (pip install 'smoothserve[tracing]'): {exc}") from None
     asyncio.run(serve(config))
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+# A LogRecord's own attributes; any other one (``extra=``, the request ID) is a field of its own.
+RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's extra fields
+    (request_id; the access log's model, outcome, latency_s...) and a traceback, if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line |= {k: v for k, v in vars(record).items() if k not in RECORD_ATTRIBUTES}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+def configure_logging(config: ServerConfig) -> None:
+    """Root handler on stderr in ``--log-format``; every line carries its request's ID (or
+    "-"); Python's warnings go through it too (so JSON logs stay one object per line);
+    ``--access-log false`` silences the per-request logger."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if config.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    logging.getLogger(ACCESS_LOGGER).disabled = not config.access_log

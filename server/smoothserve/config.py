@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .records import server_version
+
 ENV_PREFIX = "SMOOTHSERVE_"
 
 
@@ -87,6 +89,8 @@ class ServerConfig:
     otlp_endpoint: str = _option("", "OpenTelemetry: export spans (admission, sampling, statistics per request) to this OTLP/gRPC collector, e.g. http://collector:4317 (https for TLS); empty: no tracing. Needs the `tracing` extra.", str)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
     log_level: str = _option("INFO", "Logging level.", str, ("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _option("text", "Format of log lines on stderr: text (time, level, logger, [request ID], message) or json (one JSON object per line, with time, level, logger, message, request_id and the access log's fields as keys).", str, ("text", "json"))
+    access_log: bool = _option(True, "Log one INFO line per Predict request, on every door, to the logger smoothserve.access: model, version, mode, procedure, outcome, status, samples drawn, latency and request ID (never input data); false: none.", _bool)
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -109,8 +113,15 @@ class ServerConfig:
         parser = argparse.ArgumentParser(
             prog="smoothserve",
             description="Certified inference server (randomized smoothing) over gRPC.",
-            epilog=f"Every flag can also be set by an environment variable {ENV_PREFIX}<NAME>.",
+            epilog=f"Every flag can also be set by an environment variable {ENV_PREFIX}<NAME>. "
+            "`smoothserve --version` prints the server's version and exits.",
         )
+        # Kept out of the options list (SUPPRESS): it is no setting, and the list above is
+        # the configuration reference (docs/operations.md); the epilog names it instead.
+        parser.add_argument(
+            "--version", action="version", version=f"smoothserve {server_version()}",
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
         for f in fields(cls):
             parser.add_argument(
                 cls.flag_name(f.name),

@@ -8,14 +8,15 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
+from smoothcert import procedures
+from smoothcert.errors import NumericalError
+from smoothcert.procedures import CONTINUE, Outcome, Plan, Procedure
 from smoothserve_client.types import FAILED, ModelInfo, PredictResult, SigningKey
 
-from . import certify as stats
-from . import sequential
 from .admission import Admission
 from .config import ServerConfig
 from .errors import (
@@ -38,7 +39,6 @@ from .request import (  # noqa: F401 - PREDICT..MAX_RANK: the request's names, r
     PREDICT,
     PROCEDURES,
     PredictInput,
-    check_procedure_fields,
     check_request_bounds,
     quote,
 )
@@ -47,29 +47,10 @@ from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
 log = logging.getLogger(__name__)
-FIXED_N = sequential.FIXED_N
+FIXED_N = PROCEDURES[0]
 # Anytime certificates stop starting looks this long before the deadline, on top of the time
 # the next look is expected to take (measured from the looks before it).
 ANSWER_MARGIN_S = 0.02
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What the estimation phase found, whichever procedure drew it."""
-
-    prediction: int
-    candidate: int
-    radius: float
-    p_a_lower: float
-    p_value: float
-    counts: np.ndarray
-    bound_alpha: float
-    looks: int = 0
-    schedule: tuple[int, ...] = ()
-
-    @property
-    def abstain(self) -> bool:
-        return self.prediction == stats.ABSTAIN
 
 
 class DataPlane:
@@ -152,6 +133,8 @@ class DataPlane:
             backend=self.backend_name,
             platform=c.platform,
             max_batch_size=c.max_batch_size,
+            noise_family=c.noise_family,
+            norm=c.family.norm,
             default_n0=cfg.default_n0,
             default_n=cfg.default_n,
             default_alpha=cfg.default_alpha,
@@ -186,11 +169,13 @@ class DataPlane:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         mode, n0, n, alpha = self.sampling_plan(request)
+        procedure, plan = self.procedure_plan(request, model, n, alpha)
         sound = self.sound_plan(request, model)
         self.check_seed_policy(request, model)
+        selected = n0 if procedure.selects else 0
         # Admission first: a refusal costs the server nothing, whatever the input.
-        with span("admission", samples=(n0 if mode == CERTIFY else 0) + n):
-            ticket = self.admission.admit((n0 if mode == CERTIFY else 0) + n, model.name)
+        with span("admission", samples=selected + n):
+            ticket = self.admission.admit(selected + n, model.name)
         try:
             x = decode_input(request, model)
             if sound:
@@ -204,56 +189,49 @@ class DataPlane:
                 check_counts(counts, num, model)
                 return counts
 
-            selection = await draw(n0) if mode == CERTIFY else None
-            if mode == PREDICT:
-                counts = await draw(n)
-                with span("statistics", procedure="predict"):
-                    estimate = predict_estimate(counts, alpha)
-            elif request.procedure == FIXED_N:
-                counts = await draw(n)
-                with span("statistics", procedure=FIXED_N):
-                    estimate = certify_estimate(selection, counts, model.config.sigma, alpha)
-            else:
-                estimate = await self._certify_sequentially(
-                    request, draw, selection, n, alpha, model
-                )
+            selection = await draw(n0) if procedure.selects else None
+            outcome, counts, looks, schedule = await self._looks(
+                request, procedure, plan, draw, selection, model.config.num_classes
+            )
             ticket.finish()
         finally:
             ticket.close()
-        if not (math.isfinite(estimate.radius) and estimate.radius >= 0):
-            raise BadState(f"{model.name}: radius {estimate.radius} is not a finite number >= 0")
-        drawn = int(estimate.counts.sum())
+        if not (math.isfinite(outcome.radius) and outcome.radius >= 0):
+            raise BadState(f"{model.name}: radius {outcome.radius} is not a finite number >= 0")
+        drawn = int(counts.sum())
         if mode == CERTIFY:
             self.metrics.samples_per_certificate.labels(model.name, request.procedure).observe(
                 n0 + drawn
             )
         result = PredictResult(
-            prediction=estimate.prediction,
-            label="" if estimate.abstain else model.config.labels[estimate.prediction],
-            abstain=estimate.abstain,
-            radius=estimate.radius,
-            p_a_lower=estimate.p_a_lower,
-            p_value=estimate.p_value,
-            candidate=estimate.candidate,
-            counts=tuple(int(c) for c in estimate.counts),
+            prediction=outcome.prediction,
+            label="" if outcome.abstain else model.config.labels[outcome.prediction],
+            abstain=outcome.abstain,
+            radius=outcome.radius,
+            p_a_lower=outcome.p_a_lower,
+            p_value=outcome.p_value,
+            candidate=outcome.candidate,
+            counts=tuple(int(c) for c in counts),
             selection_counts=() if selection is None else tuple(int(c) for c in selection),
             mode=mode,
-            n0=n0 if mode == CERTIFY else 0,
+            n0=selected,
             n=drawn,
             alpha=alpha,
-            sigma=model.config.sigma,
+            sigma=plan.scale,
             model_name=model.name,
             model_version=model.version,
             model_sha256=model.sha256,
             server_time_seconds=time.perf_counter() - started,
             seed=request.seed,
             procedure=request.procedure if mode == CERTIFY else FIXED_N,
-            target_radius=request.target_radius or 0.0,
-            bound_alpha=estimate.bound_alpha,
-            looks=estimate.looks,
-            look_schedule=estimate.schedule,
-            tolerance=request.tolerance or 0.0,
+            target_radius=plan.target_radius,
+            bound_alpha=outcome.bound_alpha,
+            looks=looks if procedure.sequential else 0,
+            look_schedule=schedule if procedure.sequential else (),
+            tolerance=plan.tolerance,
             sound_noise=sound,
+            noise_family=plan.family.name,
+            norm=plan.family.norm,
         )
         with span("sign"):
             return self.signed(result, request)
@@ -283,6 +261,11 @@ class DataPlane:
                 "cannot turn it off"
             )
         sound = configured or bool(request.sound_noise)
+        if sound and not model.config.family.supports_sound_noise:
+            raise FailedPrecondition(
+                f"model {model.name!r} uses {model.config.noise_family} noise; floating-point-"
+                "sound noise exists for Gaussian noise only"
+            )
         scheduler = self.schedulers[(model.name, model.version)]
         if sound and not scheduler.noise.supports_sound_noise:
             raise FailedPrecondition(
@@ -306,69 +289,68 @@ class DataPlane:
                 "may allow seeds for audits with --allow-client-seeds)"
             )
 
-    async def _certify_sequentially(
-        self, request: PredictInput, draw, selection: np.ndarray, cap: int, alpha: float,
-        model: ModelVersion,
-    ) -> Estimate:  # fmt: skip
-        """Estimation samples in looks of the sequential procedures (``sequential.py``): the
-        selection counts pick c_A; each look draws up to the next planned size and applies the
-        procedure's test, stopping as soon as it decides, at the cap, or (anytime) before the
-        deadline."""
-        sigma, candidate = model.config.sigma, int(np.argmax(selection))
-        if request.procedure == sequential.TARGET:
-            schedule = sequential.target_schedule(
-                self.config.first_look, cap, request.target_radius, sigma, alpha
-            )
-        else:
-            schedule = sequential.look_schedule(self.config.first_look, cap)
-        counts = np.zeros(model.config.num_classes, np.int64)
-        look, decided, drawn, seconds_per_sample = None, 0, 0, 0.0
+    async def _looks(
+        self, request: PredictInput, procedure: Procedure, plan: Plan, draw,
+        selection: np.ndarray | None, classes: int,
+    ) -> tuple[Outcome, np.ndarray, int, tuple[int, ...]]:  # fmt: skip
+        """The estimation samples, drawn look by look on the procedure's schedule (one look
+        at n unless it is sequential), each look decided by the procedure
+        (``smoothcert.procedures``): stops as soon as it decides, at the cap, or, for an
+        anytime certificate, before the deadline. Returns the last complete look's outcome,
+        the counts, the number of looks and the schedule."""
+        schedule = procedure.schedule(plan)
+        counts = np.zeros(classes, np.int64)
+        outcome, looks, drawn, seconds_per_sample = None, 0, 0, 0.0
         for k, size in enumerate(schedule, 1):
-            if request.procedure == sequential.ANYTIME and look is not None:
+            if procedure.anytime and outcome is not None and request.deadline is not None:
                 expected = (size - drawn) * seconds_per_sample + ANSWER_MARGIN_S
-                if request.deadline is not None and time.monotonic() + expected > request.deadline:
+                if time.monotonic() + expected > request.deadline:
                     break  # the next look would not be back in time: answer with this one
             began = time.monotonic()
             try:
-                async with asyncio.timeout_at(self._look_deadline(request, look)):
+                async with asyncio.timeout_at(self._look_deadline(request, procedure, outcome)):
                     counts += await draw(size - drawn)
             except TimeoutError:
                 break  # an anytime look cut short: the last complete look stands
             seconds_per_sample = (time.monotonic() - began) / (size - drawn)
-            drawn, decided = size, k
-            with span("statistics", procedure=request.procedure, look=k):
-                if request.procedure == sequential.TARGET:
-                    look = sequential.target_radius_look(
-                        int(counts[candidate]), drawn, k, schedule, request.target_radius,
-                        sigma, alpha,
-                    )  # fmt: skip
-                else:
-                    look = sequential.anytime_look(
-                        int(counts[candidate]), drawn, k, sigma, alpha, request.tolerance or 0.0
-                    )
-            if look.decision != "continue":
+            drawn, looks = size, k
+            with span("statistics", procedure=procedure.name, look=k):
+                try:
+                    outcome = procedure.look(plan, schedule, k, selection, counts)
+                except NumericalError as exc:
+                    raise BadState(str(exc)) from None
+            if outcome.decision != CONTINUE:
                 break
-        if look is None:
+        if outcome is None:
             raise DeadlineExceeded("the deadline passed before the first look was complete")
-        certified = sequential.certified(request.procedure, look)
-        return Estimate(
-            prediction=candidate if certified else stats.ABSTAIN,
-            candidate=candidate,
-            radius=look.radius if certified else 0.0,
-            p_a_lower=look.p_a_lower,
-            p_value=0.0,
-            counts=counts,
-            bound_alpha=look.look_alpha,
-            looks=decided,
-            schedule=schedule,
-        )
+        return outcome, counts, looks, schedule
 
-    def _look_deadline(self, request: PredictInput, look) -> float | None:
+    def _look_deadline(
+        self, request: PredictInput, procedure: Procedure, outcome: Outcome | None
+    ) -> float | None:
         """Anytime looks after the first end before the answer's margin, in event-loop time."""
-        if request.procedure != sequential.ANYTIME or request.deadline is None or look is None:
+        if not procedure.anytime or request.deadline is None or outcome is None:
             return None
         remaining = request.deadline - ANSWER_MARGIN_S - time.monotonic()
         return asyncio.get_running_loop().time() + remaining
+
+    def procedure_plan(
+        self, request: PredictInput, model: ModelVersion, n: int, alpha: float
+    ) -> tuple[Procedure, Plan]:
+        """The request's procedure (PREDICT for mode predict) and its plan, checked by the
+        procedure before any sample is drawn."""
+        name = request.procedure if request.mode == CERTIFY else PREDICT
+        c = model.config
+        plan = Plan(
+            alpha=alpha, family=c.family, scale=c.sigma, cap=n, first_look=self.config.first_look,
+            target_radius=request.target_radius or 0.0, tolerance=request.tolerance or 0.0,
+        )  # fmt: skip
+        try:
+            procedure = procedures.get(name)
+            procedure.check(plan)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return procedure, plan
 
     def sampling_plan(self, request: PredictInput) -> tuple[str, int, int, float]:
         """Mode, n0, n and alpha after defaults, each checked against the server's limits."""
@@ -388,35 +370,11 @@ class DataPlane:
             raise InvalidArgument(f"unknown procedure {request.procedure!r}")
         if request.procedure != FIXED_N and request.mode != CERTIFY:
             raise InvalidArgument("sequential procedures certify: use mode CERTIFY")
-        check_procedure_fields(request)
-        target = request.target_radius
-        if request.procedure == sequential.TARGET and not (
-            target is not None and math.isfinite(target) and target > 0
-        ):
-            raise InvalidArgument(f"the target-radius procedure needs target_radius > 0, got {target}")
-        tolerance = request.tolerance
-        if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
-            raise InvalidArgument(f"tolerance must be a finite number >= 0, got {tolerance}")
         if alpha > c.max_alpha:
             raise InvalidArgument(f"this server certifies at alpha <= {c.max_alpha}, got {alpha}")
         if n < c.min_n:
             raise InvalidArgument(f"this server needs n >= {c.min_n}, got {n}")
         return request.mode, n0, n, alpha
-
-
-def certify_estimate(
-    selection: np.ndarray, estimation: np.ndarray, sigma: float, alpha: float
-) -> Estimate:
-    result = stats.certify(selection, estimation, sigma, alpha)
-    return Estimate(
-        result.prediction, result.candidate, result.radius, result.p_a_lower, 0.0, estimation,
-        alpha,
-    )  # fmt: skip
-
-
-def predict_estimate(counts: np.ndarray, alpha: float) -> Estimate:
-    result = stats.predict(counts, alpha)
-    return Estimate(result.prediction, result.candidate, 0.0, 0.0, result.p_value, counts, alpha)
 
 
 def check_counts(counts: np.ndarray, drawn: int, model: ModelVersion) -> None:

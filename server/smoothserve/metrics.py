@@ -7,12 +7,25 @@ import asyncio
 import concurrent.futures
 import gzip
 import logging
+import platform
 import threading
+from importlib import metadata
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from .noise import resolve_generator
+from .records import server_version
 from .transport.http_server import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
@@ -31,6 +44,10 @@ SAMPLE_BUCKETS = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 10
                   1_000_000)  # fmt: skip
 RADIUS_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
+# Every reason admission refuses a request for (admission.py), each series made at start-up so
+# that the dashboard's rejection panel and rate() see a 0 before the first refusal.
+REJECT_REASONS = ("samples_in_flight", "concurrent_requests", "shutting_down")
+
 # The /metrics HTTP server: one thread, running an event loop of its own (transport/http_server.py
 # holds its timeouts and its cap of METRICS_MAX_CONNECTIONS connections).
 METRICS_WORKERS = 1
@@ -40,9 +57,25 @@ class Metrics:
     """The server's metrics, in a registry of their own (so several servers can share a process)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No *_created series (a creation timestamp beside every counter, histogram and
+        # summary: 49 series nobody queries). prometheus_client has one switch for the whole
+        # process, read at each scrape.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         self._server: MetricsServer | None = None
         r = self.registry
+        # process_* (CPU, memory, open files, start time) and python_* (interpreter, GC), as
+        # prometheus_client exports them on its default registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(
+            "smoothserve_build_info", "Always 1; the labels say what runs: the server's "
+            "version, Python's, ONNX Runtime's, and the host noise generator that "
+            "--noise-generator auto picks (ars5 when the fastnoise extra is installed).",
+            ["version", "python_version", "onnxruntime_version", "noise_generator"], registry=r,
+        )  # fmt: skip
+        self.build_info.labels(*build_labels()).set(1)
         self.requests = Counter(
             "smoothserve_requests", "Predict requests by model, mode and outcome (certified, "
             "abstained, error, rejected, cancelled or deadline_exceeded).",
@@ -109,6 +142,8 @@ class Metrics:
             "smoothserve_requests_rejected", "Predict requests refused before sampling, by reason "
             "(samples_in_flight, concurrent_requests, shutting_down).", ["reason"], registry=r,
         )  # fmt: skip
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
 
     def serve(self, host: str, port: int, limits: HttpLimits | None = None) -> int:
         """Start the /metrics HTTP server on a thread of its own; return the bound port (0 picks
@@ -120,6 +155,23 @@ class Metrics:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+
+def build_labels() -> tuple[str, str, str, str]:
+    """smoothserve_build_info's labels: read from package metadata, nothing imported."""
+    return (
+        server_version(),
+        platform.python_version(),
+        next((v for v in map(_version, ("onnxruntime", "onnxruntime-gpu")) if v), "none"),
+        resolve_generator("auto"),
+    )
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def metrics_limits(header_timeout: float = HEADER_TIMEOUT_S,

@@ -6,7 +6,8 @@ A SmoothServe model directory is a Triton model directory::
     model_repo/<name>/<version>/model.onnx
 
 Smoothing metadata lives in the config's ``parameters`` (string values, as Triton requires):
-``sigma``, ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
+``noise_family`` (``gaussian``, the default, or ``uniform``: ``smoothcert.families``), the
+family's scale (``sigma`` for Gaussian noise, ``lambda`` for uniform), ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
 ``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in), and
 optionally ``smoothserve_sound_noise`` (``"true"`` or ``"false"``, default false): every
 request on the model uses floating-point-sound noise (``sound_noise.py``), and
@@ -30,15 +31,20 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format, text_format
 
+from smoothcert.families import DEFAULT as DEFAULT_FAMILY
+from smoothcert.families import FAMILIES, NoiseFamily, family
+
 from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
 from .sound_noise import SoundNoiseError, sound_lattice
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
 BATCH_SIZE_PARAMETER = "smoothserve_batch_size"
+FAMILY_PARAMETER = "noise_family"
 SMOOTHING_PARAMETERS = (
-    "sigma", "labels", "input_shape", "value_range", SOUND_NOISE_PARAMETER, BATCH_SIZE_PARAMETER,
-)
+    FAMILY_PARAMETER, *(f.scale_parameter for f in FAMILIES.values()), "labels", "input_shape",
+    "value_range", SOUND_NOISE_PARAMETER, BATCH_SIZE_PARAMETER,
+)  # fmt: skip
 BOOLEANS = {"true": True, "false": False}
 # Noise of up to this many standard deviations must stay finite in float32.
 MAX_SIGMA = float(np.finfo(np.float32).max) / 1e3
@@ -62,7 +68,7 @@ class NotSmoothed(ModelConfigError):
 @dataclass(frozen=True)
 class SmoothModelConfig:
     name: str
-    sigma: float
+    sigma: float  # the noise family's scale: Gaussian sigma, uniform lambda
     labels: tuple[str, ...]
     input_shape: tuple[int, ...]  # without the batch axis, e.g. (1, 28, 28)
     value_range: tuple[float, float] = (0.0, 1.0)
@@ -77,6 +83,11 @@ class SmoothModelConfig:
     output_dims: tuple[int, ...] = ()  # as declared; () when the config declares none
     sound_noise: bool = False  # floating-point-sound noise for every request (sound_noise.py)
     batch_size: int = 0  # noisy samples per backend batch; 0: measured at load (batch_tuning.py)
+    noise_family: str = DEFAULT_FAMILY  # smoothcert.families
+
+    @property
+    def family(self) -> NoiseFamily:
+        return family(self.noise_family)
 
     @property
     def num_classes(self) -> int:
@@ -103,8 +114,14 @@ class SmoothModelConfig:
     def problems(self) -> list[str]:
         """Why this config cannot be served (empty when it can)."""
         found = []
-        if not (math.isfinite(self.sigma) and 0 < self.sigma <= MAX_SIGMA):
-            found.append(f"sigma must be a finite positive number, got {self.sigma!r}")
+        if self.noise_family not in FAMILIES:
+            found.append(f"{FAMILY_PARAMETER} must be one of {', '.join(FAMILIES)}, got "
+                         f"{self.noise_family[:32]!r}")  # fmt: skip
+        elif not (math.isfinite(self.sigma) and 0 < self.sigma <= MAX_SIGMA):
+            found.append(f"{self.family.scale_parameter} must be a finite positive number, got "
+                         f"{self.sigma!r}")  # fmt: skip
+        elif self.sound_noise and not self.family.supports_sound_noise:
+            found.append(f"{SOUND_NOISE_PARAMETER} needs Gaussian noise, not {self.noise_family}")
         if not all(isinstance(label, str) for label in self.labels):
             found.append("labels must be strings")
         elif len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -153,7 +170,8 @@ class SmoothModelConfig:
 
     def to_proto(self) -> ModelConfig:
         params = {
-            "sigma": repr(float(self.sigma)),
+            **({} if self.noise_family == DEFAULT_FAMILY else {FAMILY_PARAMETER: self.noise_family}),
+            self.family.scale_parameter: repr(float(self.sigma)),
             "labels": json.dumps(list(self.labels)),
             "input_shape": json.dumps(list(self.input_shape)),
             "value_range": json.dumps(list(self.value_range)),
@@ -203,7 +221,12 @@ class SmoothModelConfig:
     @classmethod
     def from_proto(cls, config: ModelConfig) -> SmoothModelConfig:
         params = {key: value.string_value for key, value in config.parameters.items()}
-        missing = {"sigma", "labels"} - params.keys()
+        noise_family = params.get(FAMILY_PARAMETER, DEFAULT_FAMILY).strip()
+        try:
+            scale_parameter = family(noise_family).scale_parameter
+        except ValueError as exc:
+            raise ModelConfigError(f"{FAMILY_PARAMETER}: {exc}") from None
+        missing = {scale_parameter, "labels"} - params.keys()
         if missing:
             raise NotSmoothed(f"config lacks parameters {sorted(missing)}")
         if len(config.input) != 1 or len(config.output) != 1:
@@ -221,12 +244,13 @@ class SmoothModelConfig:
         if sound not in BOOLEANS:
             raise ModelConfigError(f"{SOUND_NOISE_PARAMETER} must be \"true\" or \"false\"")
         try:
-            sigma = float(params["sigma"])
+            sigma = float(params[scale_parameter])
             numbers = [float(v) for v in value_range], [int(d) for d in shape]
             batch_size = int(params.get(BATCH_SIZE_PARAMETER, "0"))
         except (TypeError, ValueError):
             raise ModelConfigError(
-                f"sigma, value_range, input_shape and {BATCH_SIZE_PARAMETER} must be numbers"
+                f"{scale_parameter}, value_range, input_shape and {BATCH_SIZE_PARAMETER} must be "
+                "numbers"
             ) from None
         return cls(
             name=config.name,
@@ -245,6 +269,7 @@ class SmoothModelConfig:
             output_dims=tuple(int(d) for d in output.dims),
             sound_noise=BOOLEANS[sound],
             batch_size=batch_size,
+            noise_family=noise_family,
         ).check()
 
     def write(self, model_dir: Path) -> Path:

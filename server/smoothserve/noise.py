@@ -1,12 +1,15 @@
-"""Gaussian noise for smoothing, drawn on the host, from one of two generators.
+"""Smoothing noise drawn on the host, from one of two generators, in the model's noise family
+(``smoothcert.families``: Gaussian by default, uniform; the family turns the generator's
+output into noise, the stream positions the generator).
 
 - ``ars5`` (the ``fastnoise`` extra, ``mkl-random``): MKL's ARS-5, a counter-based generator
   built on five AES rounds (Salmon et al., SC 2011). Its state is a 128-bit key and a 128-bit
   counter: output i is a function of the key and i alone, and the period is 2**130 32-bit
   words. Normals come from the inverse CDF of one 32-bit uniform each, in double precision
   (so the tails are cut at |z| = 6.3, a mass of 2e-10 per coordinate), rounded to float32
-  after scaling. About 2.3-3x NumPy's normals per core on this project's machine.
-- ``pcg64`` (NumPy, always installed): PCG64, period 2**128, ziggurat normals in float32.
+  after scaling; uniform noise, one 32-bit output per value, likewise. About 2.3-3x NumPy's normals per core on this project's machine.
+- ``pcg64`` (NumPy, always installed): PCG64, period 2**128, ziggurat normals in float32
+  (uniform noise: float32 uniforms, 24 random bits each).
 
 Both periods dwarf a certificate's draws (ImageNet at n = 100,000 draws about 1.5e10
 normals). Without a seed, each request's generator is seeded from 128 bits of the operating
@@ -31,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from smoothcert.families import FAMILIES, NoiseFamily
+
 from .sound_noise import skip_sound_draws
 
 try:  # the fastnoise extra
@@ -38,6 +43,7 @@ try:  # the fastnoise extra
 except ImportError:  # pragma: no cover - depends on the install
     mkl_random = None
 
+GAUSSIAN = FAMILIES["gaussian"]
 NORMALS_PER_CHUNK = 2**17
 GENERATORS = ("ars5", "pcg64")
 
@@ -74,9 +80,7 @@ def fill_noisy_copies(
     Drawing k rows at a time gives the same stream as drawing them all at once, so a seeded
     request gets the same noise whatever batches the scheduler cuts it into.
     """
-    rng.standard_normal(out=out, dtype=np.float32)
-    out *= np.float32(sigma)
-    out += x
+    GAUSSIAN.fill_host("pcg64", out, x, sigma, rng)
 
 
 def chunk_samples(sample_shape: tuple[int, ...]) -> int:
@@ -94,7 +98,8 @@ class NoiseStream(ABC):
     generator: str  # "ars5" or "pcg64"
     sound = False  # floating-point-sound noise (sound_noise.py): PCG64 streams only
 
-    def __init__(self, sample_shape: tuple[int, ...]) -> None:
+    def __init__(self, sample_shape: tuple[int, ...], family: NoiseFamily) -> None:
+        self.family = family
         self.chunk = chunk_samples(sample_shape)
         self.normals_per_sample = math.prod(sample_shape)
         self._open: tuple[int, Any] | None = None  # (next sample, its positioned generator)
@@ -118,18 +123,20 @@ class NoiseStream(ABC):
     def _positioned(self, chunk: int, within: int) -> Any:
         """A generator whose next draws are the noise of sample chunk * self.chunk + within."""
 
-    @abstractmethod
-    def fill(self, out: np.ndarray, x: np.ndarray, sigma: float, generator: Any) -> None:
-        """Overwrite the rows of ``out`` with x + sigma * eps, eps from ``generator``."""
+    def fill(self, out: np.ndarray, x: np.ndarray, scale: float, generator: Any) -> None:
+        """Overwrite the rows of ``out`` with x + scale * eps, eps of the family from
+        ``generator``."""
+        self.family.fill_host(self.generator, out, x, scale, generator)
 
 
 class Pcg64Stream(NoiseStream):
     generator = "pcg64"
 
     def __init__(
-        self, rng: np.random.Generator, sample_shape: tuple[int, ...], sound: bool = False
-    ) -> None:
-        super().__init__(sample_shape)
+        self, rng: np.random.Generator, sample_shape: tuple[int, ...], sound: bool = False,
+        family: NoiseFamily = GAUSSIAN,
+    ) -> None:  # fmt: skip
+        super().__init__(sample_shape, family)
         self._base = np.random.PCG64(np.random.SeedSequence(rng.integers(2**63, size=4).tolist()))
         # Sound noise (sound_noise.py) takes one 64-bit output per coordinate, not normals.
         self.sound = sound
@@ -139,38 +146,35 @@ class Pcg64Stream(NoiseStream):
         if within and self.sound:  # only if calls skipped samples: draw and drop
             skip_sound_draws(generator, within, self.normals_per_sample)
         elif within:
-            generator.standard_normal(within * self.normals_per_sample, dtype=np.float32)
+            self.family.skip_host(generator, within * self.normals_per_sample)
         return generator
-
-    def fill(self, out: np.ndarray, x: np.ndarray, sigma: float, generator: Any) -> None:
-        fill_noisy_copies(out, x, sigma, generator)
 
 
 class Ars5Stream(NoiseStream):
     generator = "ars5"
 
-    def __init__(self, rng: np.random.Generator, sample_shape: tuple[int, ...]) -> None:
-        super().__init__(sample_shape)
+    def __init__(
+        self, rng: np.random.Generator, sample_shape: tuple[int, ...],
+        family: NoiseFamily = GAUSSIAN,
+    ) -> None:  # fmt: skip
+        super().__init__(sample_shape, family)
         # The 128-bit key, as four 32-bit words; the counter starts at 0.
         self._key = rng.integers(2**32, size=4, dtype=np.uint64).astype(np.uint32)
 
     def _positioned(self, chunk: int, within: int) -> Any:
         state = mkl_random.MKLRandomState(self._key, brng="ARS5")
-        # One 32-bit output per normal (inverse CDF), so sample i starts at output i * d.
+        # One 32-bit output per value (a normal by its inverse CDF, or a uniform), so sample i
+        # starts at output i * d.
         state.skipahead((chunk * self.chunk + within) * self.normals_per_sample)
         return state
 
-    def fill(self, out: np.ndarray, x: np.ndarray, sigma: float, generator: Any) -> None:
-        eps = generator.standard_normal(out.size, method="ICDF").reshape(out.shape)
-        np.multiply(eps, sigma, out=out, casting="same_kind")
-        out += x
-
 
 def noise_stream(
-    rng: np.random.Generator, sample_shape: tuple[int, ...], generator: str, sound: bool = False
-) -> NoiseStream:
-    """A new job's stream keyed from the request's generator ``rng``; sound noise always
-    draws from PCG64 (it needs 64-bit uniforms, ``sound_noise.py``)."""
+    rng: np.random.Generator, sample_shape: tuple[int, ...], generator: str, sound: bool = False,
+    family: NoiseFamily = GAUSSIAN,
+) -> NoiseStream:  # fmt: skip
+    """A new job's stream of ``family`` noise keyed from the request's generator ``rng``; sound
+    noise always draws from PCG64 (it needs 64-bit uniforms, ``sound_noise.py``)."""
     if generator == "ars5" and not sound:
-        return Ars5Stream(rng, sample_shape)
-    return Pcg64Stream(rng, sample_shape, sound)
+        return Ars5Stream(rng, sample_shape, family)
+    return Pcg64Stream(rng, sample_shape, sound, family)

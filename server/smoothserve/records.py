@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from smoothserve_client.types import PredictResult, SigningKey
 
-from . import sequential
 from .model_config import SmoothModelConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ ALGORITHM = "Ed25519"
 RESULT_FIELDS = (
     "prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts",
     "selection_counts", "mode", "n0", "n", "alpha", "sigma", "procedure", "target_radius",
-    "tolerance", "bound_alpha", "looks", "look_schedule", "sound_noise",
+    "tolerance", "bound_alpha", "looks", "look_schedule", "sound_noise", "noise_family", "norm",
 )  # fmt: skip
 
 
@@ -163,17 +162,20 @@ def canonical_json(value: dict) -> bytes:
     ).encode("ascii")
 
 
-CONFIG_FIELDS = ("sigma", "labels", "value_range", "input_shape", "input_data_type", "sound_noise")
+CONFIG_FIELDS = ("noise_family", "sigma", "labels", "value_range", "input_shape", "input_data_type",
+                 "sound_noise")  # fmt: skip
 
 
 def smoothing_config(config: SmoothModelConfig) -> dict:
     """The part of a model's ``config.pbtxt`` that an answer depends on, as the record holds
-    it: sigma (the radius scales with it), the labels (which name the classes the counts are
+    it: the noise family and its scale ``sigma`` (the radius and its norm follow from them),
+    the labels (which name the classes the counts are
     of), the value range and input shape and dtype (how an input is read and where the noise is
     added) and whether the model makes every request use sound noise. Left out, since they do
     not change an answer: names of the tensors, batch sizes, instance counts, the platform."""
     low, high = config.value_range
     return {
+        "noise_family": config.noise_family,
         "sigma": float(config.sigma),
         "labels": list(config.labels),
         "value_range": [float(low), float(high)],
@@ -192,7 +194,7 @@ def look_plan(result: PredictResult, first_look: int) -> dict:
     """What a result's look schedule follows from: the first look size (the server's
     ``--first-look``) and the cap (the n the request allowed, where every schedule ends);
     fixed n and PREDICT: one look of n, first look 0."""
-    if result.mode == "certify" and result.procedure != sequential.FIXED_N:
+    if result.mode == "certify" and result.procedure != "fixed_n":
         if first_look < 1 or not result.look_schedule:
             raise ValueError("a sequential result needs its schedule and a first look >= 1")
         return {"first_look": int(first_look), "cap": int(result.look_schedule[-1])}

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smoothcert.procedures import CERTIFY_PROCEDURES
+
 from .errors import InvalidArgument
-from .sequential import ANYTIME, FIXED_N, TARGET
 
 CERTIFY, PREDICT = "certify", "predict"
 MODES = (CERTIFY, PREDICT)
-PROCEDURES = (FIXED_N, TARGET, ANYTIME)
+PROCEDURES = CERTIFY_PROCEDURES
+FIXED_N = PROCEDURES[0]  # the default procedure
 # The input datatypes, by the data plane's name; OIP's names map onto them.
 DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 OIP_DATATYPES = {"UINT8": "uint8", "FP32": "float32"}
@@ -169,21 +171,6 @@ def option_number(name: str, value: object) -> float:
         return float(value)
     except OverflowError:
         raise InvalidArgument(f"parameter {name} is too large") from None
-
-
-def check_procedure_fields(request: PredictInput) -> None:
-    """Options the chosen mode and procedure do not use must be unset (0 counts as unset, as
-    responses and records report them), so nothing is drawn for a request that cannot be
-    answered, and nothing ignored reaches a signed record."""
-    procedure = request.procedure if request.mode == CERTIFY else FIXED_N
-    if request.target_radius not in (None, 0) and procedure != TARGET:
-        raise InvalidArgument(
-            f"target_radius applies to procedure {TARGET} only; leave it unset for {procedure}"
-        )
-    if request.tolerance not in (None, 0) and procedure != ANYTIME:
-        raise InvalidArgument(
-            f"tolerance applies to procedure {ANYTIME} only; leave it unset for {procedure}"
-        )
 
 
 def checked_seed(seed: object) -> int | None:

@@ -129,7 +129,8 @@ class HostNoise(NoiseStrategy[NoiseStream]):
     def source(self, rng: np.random.Generator, sound: bool = False) -> NoiseStream:
         if sound:
             self.lattice()  # built (and cached) before the job's first batch
-        return noise_stream(rng, self.model.config.input_shape, self.generator, sound)
+        c = self.model.config
+        return noise_stream(rng, c.input_shape, self.generator, sound, c.family)
 
     def lattice(self) -> SoundLattice:
         c = self.model.config

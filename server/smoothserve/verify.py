@@ -4,9 +4,10 @@
 
 Checks, in order: the Ed25519 signature over the record's exact bytes (with a public key the
 verifier trusts, never one carried by the record); the record against itself: the answer
-recomputed from the counts with the project's pure functions (``certify.py``,
-``sequential.py``), the look schedule and each look's alpha recomputed from the recorded plan
-(procedure, first look, cap, target radius, sigma, alpha), and the recorded smoothing config
+recomputed from the counts with the server's own procedure entries (``smoothcert.procedures``:
+the same functions the server decided with), the look schedule and each look's alpha
+recomputed from the recorded plan (procedure, first look, cap, target radius, noise family and
+scale, alpha), and the recorded smoothing config
 against its hash and the rest of the record; and, when given, the model (the SHA-256 of its
 file, and its ``config.pbtxt`` against the record's config: sigma, labels, value range, input
 shape and dtype, sound noise) and the input's SHA-256. A record made from a client-chosen
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothcert import families, procedures
 from smoothserve_client.types import read_signed_record
 
-from . import certify, sequential
 from .model_config import ModelConfigError, SmoothModelConfig
 from .records import (
     CONFIG_FIELDS,
@@ -69,72 +70,57 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
         bound = plan_problems(record) + config_problems(record)
         return bound or answer_problems(record)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # ValueError: also a plan its procedure refuses (procedures.Procedure.check)
         return [f"malformed record: {type(exc).__name__}: {exc}"]
 
 
-def answer_problems(record: dict) -> list[str]:
-    """Problems found recomputing the record's answer from its counts (none: it holds).
+def record_plan(record: dict) -> tuple[procedures.Procedure, procedures.Plan]:
+    """The record's procedure (PREDICT for mode predict) and the plan its answer followed from,
+    as the server built them (``dataplane.procedure_plan``); a v1 record is Gaussian and has
+    no first look or cap (its schedule is taken as recorded)."""
+    name = "predict" if record["mode"] == "predict" else record["procedure"]
+    plan = record.get("plan") or {}
+    return procedures.get(name), procedures.Plan(
+        alpha=record["alpha"], family=families.family(record.get("noise_family", "gaussian")),
+        scale=record["sigma"], cap=plan.get("cap", record["n"]),
+        first_look=plan.get("first_look", 0), target_radius=record["target_radius"],
+        tolerance=record["tolerance"],
+    )  # fmt: skip
 
-    The same pure functions as the server: CERTIFY (fixed n), the target-radius and anytime
-    looks (sequential), PREDICT."""
+
+def answer_problems(record: dict) -> list[str]:
+    """Problems found recomputing the record's answer from its counts (none: it holds), with
+    the server's own procedure entries (``smoothcert.procedures``): the recorded look of the
+    schedule, decided again."""
     problems: list[str] = []
     counts = np.asarray(record["counts"], dtype=np.int64)
     selection = np.asarray(record["selection_counts"], dtype=np.int64)
-    n, n0, alpha, sigma = record["n"], record["n0"], record["alpha"], record["sigma"]
+    n, n0 = record["n"], record["n0"]
     if counts.sum() != n or (counts < 0).any():
         problems.append(f"the counts sum to {counts.sum()}, not n = {n}")
     if record["mode"] == "certify" and selection.sum() != n0:
         problems.append(f"the selection counts sum to {selection.sum()}, not n0 = {n0}")
     if problems:
         return problems
-    if record["mode"] == "predict":
-        expected = certify.predict(counts, alpha)
-        radius, p_a_lower, p_value = 0.0, 0.0, expected.p_value
-        prediction, candidate = expected.prediction, expected.candidate
-    elif record["procedure"] == sequential.FIXED_N:
-        expected = certify.certify(selection, counts, sigma, alpha)
-        radius, p_a_lower, p_value = expected.radius, expected.p_a_lower, 0.0
-        prediction, candidate = expected.prediction, expected.candidate
+    procedure, plan = record_plan(record)
+    procedure.check(plan)
+    if procedure.sequential:
+        schedule, k = tuple(record["look_schedule"]), record["looks"]
+        if not 1 <= k <= len(schedule) or schedule[k - 1] != n:
+            return [f"look {k} of schedule {list(schedule)} does not hold n = {n} samples"]
     else:
-        candidate = int(np.argmax(selection))
-        look = sequential_look(record, int(counts[candidate]), problems)
-        if look is None:
-            return problems
-        certified = sequential.certified(record["procedure"], look)
-        prediction = candidate if certified else certify.ABSTAIN
-        radius = look.radius if certified else 0.0
-        p_a_lower, p_value = look.p_a_lower, 0.0
-        if not close(look.look_alpha, record["bound_alpha"]):
-            problems.append(f"bound_alpha {record['bound_alpha']} should be {look.look_alpha}")
-    for name, value in (("prediction", prediction), ("candidate", candidate)):
-        if record[name] != value:
-            problems.append(f"{name} {record[name]} should be {value}")
-    if record["abstain"] != (prediction == certify.ABSTAIN):
-        problems.append(f"abstain {record['abstain']} does not match the prediction")
-    for name, value in (("radius", radius), ("p_a_lower", p_a_lower), ("p_value", p_value)):
-        if not close(record[name], value):
-            problems.append(f"{name} {record[name]} should be {value}")
+        schedule, k = (n,), 1
+    expected = procedure.look(plan, schedule, k, selection, counts)
+    for name in ("prediction", "candidate", "abstain"):
+        if record[name] != getattr(expected, name):
+            problems.append(f"{name} {record[name]} should be {getattr(expected, name)}")
+    for name in ("radius", "p_a_lower", "p_value", "bound_alpha"):
+        if not close(record[name], getattr(expected, name)):
+            problems.append(f"{name} {record[name]} should be {getattr(expected, name)}")
+    if record.get("norm", plan.family.norm) != plan.family.norm:
+        problems.append(f"norm {record['norm']!r} should be {plan.family.norm!r} "
+                        f"({plan.family.name} noise)")  # fmt: skip
     return problems
-
-
-def sequential_look(record: dict, count_a: int, problems: list[str]) -> sequential.Look | None:
-    """The last look of a sequential record, recomputed; None (with a problem) if the record's
-    schedule and sample count do not fit together."""
-    schedule, looks, n = record["look_schedule"], record["looks"], record["n"]
-    if not 1 <= looks <= len(schedule) or schedule[looks - 1] != n:
-        problems.append(f"look {looks} of schedule {schedule} does not hold n = {n} samples")
-        return None
-    if record["procedure"] == sequential.TARGET:
-        return sequential.target_radius_look(
-            count_a, n, looks, tuple(schedule), record["target_radius"], record["sigma"],
-            record["alpha"],
-        )  # fmt: skip
-    if record["procedure"] == sequential.ANYTIME:
-        return sequential.anytime_look(
-            count_a, n, looks, record["sigma"], record["alpha"], record["tolerance"]
-        )
-    problems.append(f"unknown procedure {record['procedure']!r}")
-    return None
 
 
 def is_count(value, least: int = 0) -> bool:
@@ -142,38 +128,29 @@ def is_count(value, least: int = 0) -> bool:
 
 
 def plan_problems(record: dict) -> list[str]:
-    """Problems with the record's look plan: the schedule must be the one the server's own
-    functions give for the recorded procedure, first look, cap, target radius, sigma and alpha
-    (``sequential.target_schedule``, ``sequential.look_schedule``); CERTIFY with fixed n and
-    PREDICT make one look of n at alpha. The level of each look then follows from the schedule
-    (``answer_problems`` recomputes it)."""
-    plan, procedure = record["plan"], record["procedure"]
+    """Problems with the record's look plan: the schedule must be the one the procedure's own
+    entry gives for the recorded first look, cap, options, noise and alpha; CERTIFY with
+    fixed n and PREDICT make one look of n. The level of each look then follows from the
+    schedule (``answer_problems`` recomputes it)."""
+    plan = record["plan"]
     if not isinstance(plan, dict) or set(plan) != {"first_look", "cap"}:
         return [f"plan {plan} should hold first_look and cap"]
     first, cap, n = plan["first_look"], plan["cap"], record["n"]
     schedule, looks = list(record["look_schedule"]), record["looks"]
-    if record["mode"] == "predict" or procedure == sequential.FIXED_N:
+    procedure, steps = record_plan(record)
+    if not procedure.sequential:
         if (first, cap, schedule, looks) != (0, n, [], 0):
             return [f"a fixed-n plan is one look of n = {n}: plan {plan}, look_schedule "
                     f"{schedule} and looks {looks} should be first_look 0, cap {n}, [] and 0"]  # fmt: skip
-        if record["bound_alpha"] != record["alpha"]:
-            return [f"bound_alpha {record['bound_alpha']} should be alpha {record['alpha']}"]
         return []
     if not (is_count(first, 1) and is_count(cap, 1) and is_count(looks, 1)):
         return [f"plan {plan} and looks {looks} should be positive integers"]
     if n > cap:
         return [f"n = {n} samples exceed the plan's cap {cap}"]
-    if procedure == sequential.TARGET:
-        expected = sequential.target_schedule(
-            first, cap, record["target_radius"], record["sigma"], record["alpha"]
-        )
-    elif procedure == sequential.ANYTIME:
-        expected = sequential.look_schedule(first, cap)
-    else:
-        return [f"unknown procedure {procedure!r}"]
-    if schedule != list(expected):
+    expected = list(procedure.schedule(steps))
+    if schedule != expected:
         return [f"look_schedule {schedule} does not follow from the plan (first_look {first}, "
-                f"cap {cap}): {procedure} gives {list(expected)}"]  # fmt: skip
+                f"cap {cap}): {procedure.name} gives {expected}"]  # fmt: skip
     return []
 
 
@@ -188,8 +165,9 @@ def config_problems(record: dict) -> list[str]:
     if record["config_sha256"] != config_sha256(config):
         problems.append(f"config_sha256 {record['config_sha256']} is not the SHA-256 of the "
                         f"config, {config_sha256(config)}")  # fmt: skip
-    if config["sigma"] != record["sigma"]:
-        problems.append(f"sigma {record['sigma']} differs from the config's {config['sigma']}")
+    for name in ("sigma", "noise_family"):
+        if config[name] != record[name]:
+            problems.append(f"{name} {record[name]} differs from the config's {config[name]}")
     labels = config["labels"]
     sizes = {len(record["counts"])} | ({len(record["selection_counts"])}
                                        if record["mode"] == "certify" else set())  # fmt: skip

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothcert.families import NoiseFamily
+
 from .. import repository
-from ..noise import noise_generator
+from ..noise import GAUSSIAN, noise_generator
 from ..repository import ModelStates, ModelVersion
 from .base import Backend, NoisySegment, check_logits, first_line
 from .torch_graphs import CudaGraphRunner
@@ -179,23 +181,23 @@ class TorchBackend(Backend):
 
     async def classify_noisy(self, model: ModelVersion, segments: list[NoisySegment]) -> np.ndarray:
         network = self._networks[(model.name, model.version)]
-        sigma = model.config.sigma
+        noise = (model.config.sigma, model.config.family)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._classify_noisy, network, segments, sigma
+            self._executor, self._classify_noisy, network, segments, noise
         )
 
     def _classify_noisy(
-        self, network: _Network, segments: list[NoisySegment], sigma: float
+        self, network: _Network, segments: list[NoisySegment], noise: tuple[float, NoiseFamily]
     ) -> np.ndarray:
         total = sum(count for _, count, _ in segments)
         with torch.no_grad():
             if network.graph is not None and total <= network.graph.batch_size:
                 with network.graph.lock:
-                    draw_noisy_segments(network.graph.input[:total], segments, sigma)
+                    draw_noisy_segments(network.graph.input[:total], segments, *noise)
                     return to_numpy(network.graph.run()[:total])
             inputs = torch.empty((total, *network.shape), dtype=network.dtype, device=self.device)
-            draw_noisy_segments(inputs, segments, sigma)
+            draw_noisy_segments(inputs, segments, *noise)
             return self._argmax(network, inputs, total)
 
     @staticmethod
@@ -206,10 +208,13 @@ class TorchBackend(Backend):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def draw_noisy_segments(out: torch.Tensor, segments: list[NoisySegment], sigma: float) -> None:
+def draw_noisy_segments(
+    out: torch.Tensor, segments: list[NoisySegment], sigma: float, family: NoiseFamily = GAUSSIAN
+) -> None:
     """Rows of ``out`` (on its device) become, segment after segment, ``count`` noisy copies
-    x + sigma * eps of the segment's clean input; eps ~ N(0, I) is a function of the segment's
-    whole seed alone: Philox on CUDA, NumPy's PCG64 (``noise_generator``) on the CPU."""
+    x + sigma * eps of the segment's clean input; eps, of the noise ``family`` (N(0, I) by
+    default), is a function of the segment's whole seed alone: Philox on CUDA, NumPy's PCG64
+    (``noise_generator``) on the CPU."""
     offset = 0
     for x, count, seed in segments:
         rows = out[offset : offset + count]
@@ -218,9 +223,9 @@ def draw_noisy_segments(out: torch.Tensor, segments: list[NoisySegment], sigma: 
             # segments would share streams after ~2^16 of them. PCG64 takes the whole seed.
             # Drawn straight into the tensor's memory (float32: FP16 is CUDA-only); a separate
             # array and a copy would cost about a tenth more per batch.
-            noise_generator(seed).standard_normal(out=rows.numpy(), dtype=np.float32)
+            family.fill_standard(rows.numpy(), noise_generator(seed))
         else:  # Philox, keyed by the whole 64-bit seed
-            rows.normal_(0.0, 1.0, generator=torch.Generator(out.device).manual_seed(seed))
+            family.fill_torch(rows, torch.Generator(out.device).manual_seed(seed))
         rows *= sigma
         rows += torch.tensor(x, dtype=out.dtype, device=out.device)  # the clean input only
         offset += count

@@ -226,6 +226,11 @@ class TritonBackend(Backend):
                 log.warning("%s asks for floating-point-sound noise, which the sampler has not: "
                             "its batches go to Triton as noisy copies", network)  # fmt: skip
                 continue
+            if model.config.noise_family != "gaussian":  # the sampler draws Gaussian noise only
+                log.warning("%s uses %s noise; Triton's sampler draws Gaussian noise only: its "
+                            "batches go to Triton as noisy copies drawn here", network,
+                            model.config.noise_family)  # fmt: skip
+                continue
             self._samplers[(network, version)] = sampler
             log.info("Triton %s: %s version %s sampled by %s (noise drawn in Triton, %d samples "
                      "per call)", endpoint.url, network, version, name,

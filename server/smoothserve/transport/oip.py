@@ -45,6 +45,9 @@ OUTPUT_NAMES = ("prediction", "abstain", "radius", "p_a_lower", "p_value", "cand
 OPTION_TYPES = {"mode": str, "procedure": str, "n0": int, "n": int, "seed": int,
                 "alpha": float, "target_radius": float, "tolerance": float,
                 "sound_noise": bool}  # fmt: skip
+# OIP datatypes as model-config data types (``inference.DataType``)
+CONFIG_TYPES = {"INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP64": "TYPE_FP64",
+                "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}  # fmt: skip
 MAX_OUTPUTS = 64
 MAX_PARAMETERS = 64
 
@@ -116,8 +119,11 @@ def to_input(
     parameters: Mapping[str, object],
     seconds_left: float | None = None,
     outputs: Sequence[object] = (),
+    model_shape: Sequence[int] = (),
 ) -> PredictInput:
-    """A ModelInfer request as the data plane's input; a leading batch axis of 1 is dropped.
+    """A ModelInfer request as the data plane's input, its shape as the model reads it
+    (``model_input_shape``: a batch axis of one in front of the model's ``model_shape`` is
+    dropped).
 
     ``data`` is the input's raw little-endian bytes, or its values (a JSON list, a protobuf
     repeated field), which must each be exactly representable in ``datatype``. Cheap checks
@@ -126,18 +132,31 @@ def to_input(
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         shown = quote(datatype, 16) if isinstance(datatype, str) else type(datatype).__name__
         raise InvalidArgument(f"input datatype must be UINT8 or FP32, got {shown}")
-    shape = checked_shape(shape)
+    shape = model_input_shape(checked_shape(shape), tuple(model_shape))
     check_outputs(outputs)
     options = options_of(parameters)
     dtype = DATATYPES[datatype]
     if not isinstance(data, bytes):
         data = values_to_bytes(data, dtype)
-    if len(shape) > 1 and shape[0] == 1:
-        shape = shape[1:]
     return PredictInput(
         model_name=model_name, model_version=model_version, shape=shape, dtype=dtype, data=data,
         deadline=None if seconds_left is None else time.monotonic() + seconds_left, **options,
     )  # fmt: skip
+
+
+def model_input_shape(shape: tuple[int, ...], model_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a request's input as the model reads it. A request certifies one input, of
+    the model's shape ``[C, H, W]`` or with a batch axis of one, ``[1, C, H, W]`` (what the
+    metadata gives), whatever C is; a batch of any other size is refused. Any other shape is
+    left as sent, for the data plane to refuse naming the model's shape."""
+    if model_shape and len(shape) == len(model_shape) + 1 and shape[1:] == model_shape:
+        if shape[0] != 1:
+            raise InvalidArgument(
+                f"a request certifies one input: shape {list(shape)} is a batch of {shape[0]}; "
+                f"send {[1, *model_shape]} or {list(model_shape)}, one request per input"
+            )
+        return model_shape
+    return shape
 
 
 def outputs(result: PredictResult) -> list[Tensor]:
@@ -185,5 +204,20 @@ def metadata_outputs(info: ModelInfo) -> list[tuple[str, str, list[int]]]:
 
 
 def metadata_input(info: ModelInfo) -> tuple[str, str, list[int]]:
-    """The one input: a batch of 1 (or none) of the model's shape; UINT8 pixels or FP32."""
-    return INPUT_NAME, "FP32", [-1, *info.input_shape]
+    """The one input: a batch of exactly one of the model's shape, ``[1, C, H, W]`` (the
+    batch axis may also be left out); FP32 values, or UINT8 pixels."""
+    return INPUT_NAME, "FP32", [1, *info.input_shape]
+
+
+def model_config(info: ModelInfo) -> dict:
+    """A Triton-style config of the smoothed model as OIP clients see it, in Triton's REST
+    (JSON) form; the gRPC ``ModelConfig`` is this, parsed into ``inference.ModelConfig``. One
+    input with ``max_batch_size`` 1 (each request certifies one input: the batch axis is 1)
+    and the output tensors. Load tools such as perf_analyzer read it before they start."""
+    name, datatype, shape = metadata_input(info)
+    return {
+        "name": info.name, "platform": PLATFORM, "max_batch_size": 1,
+        "input": [{"name": name, "data_type": CONFIG_TYPES[datatype], "dims": shape[1:]}],
+        "output": [{"name": n, "data_type": CONFIG_TYPES[d], "dims": s}
+                   for n, d, s in metadata_outputs(info)],
+    }  # fmt: skip

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as oip_pb
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
@@ -65,8 +66,8 @@ def input_values(request: oip_pb.ModelInferRequest) -> tuple[str, list[int], byt
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
-    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer; the
-    other methods of Triton's service answer UNIMPLEMENTED."""
+    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and
+    ModelInfer; the other methods of Triton's service answer UNIMPLEMENTED."""
 
     def __init__(self, plane: DataPlane, ready: Callable[[], bool]) -> None:
         self.plane = plane
@@ -103,32 +104,22 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         )  # fmt: skip
 
     async def ModelConfig(self, request, context):
-        """A Triton-style config of the smoothed model as OIP clients see it: one input, batch
-        of 1 (each request certifies one input), and the output tensors. Load tools such as
-        perf_analyzer read it before they start."""
+        """``oip.model_config``: the same config as REST's ``/v2/models/{name}/config``."""
         try:
             info = self.plane.model_info(request.name, request.version)
         except SmoothServeError as error:
             await context.abort(status_of(error), str(error))
-        types = {"INT32": config_pb.TYPE_INT32, "INT64": config_pb.TYPE_INT64,
-                 "FP64": config_pb.TYPE_FP64, "FP32": config_pb.TYPE_FP32,
-                 "BOOL": config_pb.TYPE_BOOL, "BYTES": config_pb.TYPE_STRING}  # fmt: skip
-        name, datatype, shape = oip.metadata_input(info)
-        config = config_pb.ModelConfig(
-            name=info.name, platform=oip.PLATFORM, max_batch_size=1,
-            input=[config_pb.ModelInput(name=name, data_type=types[datatype], dims=shape[1:])],
-            output=[config_pb.ModelOutput(name=n, data_type=types[d], dims=s)
-                    for n, d, s in oip.metadata_outputs(info)],
-        )  # fmt: skip
+        config = json_format.ParseDict(oip.model_config(info), config_pb.ModelConfig())
         return oip_pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, context):
         def make_input():
+            info = self.plane.model_info(request.model_name, request.model_version)
             datatype, shape, data = input_values(request)
             params = {k: parameter_value(v) for k, v in request.parameters.items()}
             return oip.to_input(request.model_name, request.model_version, datatype, shape,
                                 data, params, context.time_remaining(),
-                                [o.name for o in request.outputs])  # fmt: skip
+                                [o.name for o in request.outputs], info.input_shape)  # fmt: skip
 
         metadata = dict(context.invocation_metadata() or ())
         given = request.id or metadata.get(REQUEST_ID_KEY)
@@ -152,6 +143,58 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         for name, value in oip.parameters(result).items():
             set_parameter(response.parameters[name], value)
         return response
+
+    # Triton's other methods, each refused with UNIMPLEMENTED and a message saying so (the
+    # generated base class raises NotImplementedError, which grpc logs with a traceback).
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        await unimplemented(context, "ModelStreamInfer (streaming inference); use ModelInfer")
+
+    async def ModelStatistics(self, request, context):
+        await unimplemented(context, "ModelStatistics; the server's metrics are on its "
+                                     "Prometheus endpoint")  # fmt: skip
+
+    async def RepositoryIndex(self, request, context):
+        await unimplemented(context, "RepositoryIndex (the model repository extension)")
+
+    async def RepositoryModelLoad(self, request, context):
+        await unimplemented(context, "RepositoryModelLoad (the model repository extension)")
+
+    async def RepositoryModelUnload(self, request, context):
+        await unimplemented(context, "RepositoryModelUnload (the model repository extension)")
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("SystemSharedMemoryStatus"))
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("SystemSharedMemoryRegister"))
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("SystemSharedMemoryUnregister"))
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("CudaSharedMemoryStatus"))
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("CudaSharedMemoryRegister"))
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        await unimplemented(context, SHARED_MEMORY.format("CudaSharedMemoryUnregister"))
+
+    async def TraceSetting(self, request, context):
+        await unimplemented(context, "TraceSetting; tracing is configured by the server's "
+                                     "OpenTelemetry options")  # fmt: skip
+
+    async def LogSettings(self, request, context):
+        await unimplemented(context, "LogSettings; logging is configured by the server's "
+                                     "options")  # fmt: skip
+
+
+SHARED_MEMORY = "{} (the shared-memory extensions); send the input in the request"
+
+
+async def unimplemented(context: grpc.aio.ServicerContext, what: str) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"SmoothServe does not implement {what}")
 
 
 def add_to_server(plane: DataPlane, ready: Callable[[], bool], server: grpc.aio.Server) -> None:

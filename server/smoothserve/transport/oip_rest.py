@@ -76,7 +76,10 @@ async def json_errors(request: web.Request, handler):
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason)
+        response = error_response(error.status, error.reason)
+        if "Allow" in error.headers:  # 405: the methods the route takes
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
 
 
 def split_body(body: bytes, header_length: str | None, json_limit: int) -> tuple[dict, bytes]:
@@ -144,9 +147,15 @@ def input_data(header: dict, binary: bytes) -> tuple[object, object, bytes | lis
 
 
 def parse_infer(
-    body: bytes, header_length: str | None, name: str, version: str, json_limit: int
+    body: bytes,
+    header_length: str | None,
+    name: str,
+    version: str,
+    json_limit: int,
+    model_shape: tuple[int, ...] = (),
 ) -> InferCall:
-    """A request body checked whole, cheap checks first (run off the event loop)."""
+    """A request body checked whole, cheap checks first (run off the event loop);
+    ``model_shape``: the model's input shape (``oip.model_input_shape``)."""
     header, binary = split_body(body, header_length, json_limit)
     request_id = header.get("id")
     if not isinstance(request_id, str | None):
@@ -154,7 +163,8 @@ def parse_infer(
     outputs, binary_default = requested_outputs(header)
     datatype, shape, data = input_data(header, binary)
     parameters = _object(header.get("parameters"), "parameters")
-    call = oip.to_input(name, version, datatype, shape, data, parameters)
+    call = oip.to_input(name, version, datatype, shape, data, parameters,
+                        model_shape=model_shape)  # fmt: skip
     return InferCall(call, outputs, binary_default, request_id)
 
 
@@ -188,6 +198,7 @@ class RestServer:
             web.get("/v2/health/ready", self.server_ready),
             web.get("/v2", self.server_metadata),
             *[web.get(base, self.model_metadata) for base in (model, versioned)],
+            *[web.get(base + "/config", self.model_config) for base in (model, versioned)],
             *[web.get(base + "/ready", self.model_ready) for base in (model, versioned)],
             *[web.post(base + "/infer", self.infer) for base in (model, versioned)],
         ])  # fmt: skip
@@ -243,6 +254,15 @@ class RestServer:
                         for n, d, s in oip.metadata_outputs(info)],
         })  # fmt: skip
 
+    async def model_config(self, request: web.Request) -> web.Response:
+        """``oip.model_config``: the same config as gRPC's ``ModelConfig``."""
+        try:
+            info = self.plane.model_info(request.match_info["name"],
+                                         request.match_info.get("version", ""))  # fmt: skip
+        except SmoothServeError as error:
+            return from_error(error)
+        return web.json_response(oip.model_config(info))
+
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
             info = self.plane.model_info(request.match_info["name"],
@@ -264,8 +284,9 @@ class RestServer:
             if len(body) > json_limit + binary_limit:
                 return error_response(413, "request body over the size limit for this model")
             call = await asyncio.to_thread(
-                parse_infer, body, request.headers.get(HEADER_LENGTH), name, version, json_limit
-            )
+                parse_infer, body, request.headers.get(HEADER_LENGTH), name, version, json_limit,
+                info.input_shape,
+            )  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request body over the size limit")
         except SmoothServeError as error:  # raised inside ``answer``, so the request is counted

@@ -77,7 +77,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule", "tolerance", "record", "record_signature", "sound_noise", "request_id")
+    __slots__ = ("prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts", "selection_counts", "mode", "n0", "n", "alpha", "sigma", "model_name", "model_version", "model_sha256", "server_time_seconds", "seed", "procedure", "target_radius", "bound_alpha", "looks", "look_schedule", "tolerance", "record", "record_signature", "sound_noise", "request_id", "noise_family", "norm")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class PredictResponse(_message.Message):
     RECORD_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SOUND_NOISE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     label: str
     abstain: bool
@@ -136,7 +138,9 @@ class PredictResponse(_message.Message):
     record_signature: bytes
     sound_noise: bool
     request_id: str
-    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ..., tolerance: _Optional[float] = ..., record: _Optional[bytes] = ..., record_signature: _Optional[bytes] = ..., sound_noise: bool = ..., request_id: _Optional[str] = ...) -> None: ...
+    noise_family: str
+    norm: str
+    def __init__(self, prediction: _Optional[int] = ..., label: _Optional[str] = ..., abstain: bool = ..., radius: _Optional[float] = ..., p_a_lower: _Optional[float] = ..., p_value: _Optional[float] = ..., candidate: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., selection_counts: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., n0: _Optional[int] = ..., n: _Optional[int] = ..., alpha: _Optional[float] = ..., sigma: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_time_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., procedure: _Optional[_Union[Procedure, str]] = ..., target_radius: _Optional[float] = ..., bound_alpha: _Optional[float] = ..., looks: _Optional[int] = ..., look_schedule: _Optional[_Iterable[int]] = ..., tolerance: _Optional[float] = ..., record: _Optional[bytes] = ..., record_signature: _Optional[bytes] = ..., sound_noise: bool = ..., request_id: _Optional[str] = ..., noise_family: _Optional[str] = ..., norm: _Optional[str] = ...) -> None: ...
 
 class GetSigningKeyRequest(_message.Message):
     __slots__ = ()
@@ -173,7 +177,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "available_versions", "sha256", "sigma", "labels", "input_shape", "value_low", "value_high", "backend", "platform", "max_batch_size", "default_n0", "default_n", "default_alpha", "max_n", "state", "failure_reason", "max_alpha", "min_n", "batch_size", "batch_size_source", "noise_generator")
+    __slots__ = ("name", "version", "available_versions", "sha256", "sigma", "labels", "input_shape", "value_low", "value_high", "backend", "platform", "max_batch_size", "default_n0", "default_n", "default_alpha", "max_n", "state", "failure_reason", "max_alpha", "min_n", "batch_size", "batch_size_source", "noise_generator", "noise_family", "norm")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +201,8 @@ class ModelInfo(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     NOISE_GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     available_versions: _containers.RepeatedScalarFieldContainer[str]
@@ -220,4 +226,6 @@ class ModelInfo(_message.Message):
     batch_size: int
     batch_size_source: str
     noise_generator: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., sigma: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., value_low: _Optional[float] = ..., value_high: _Optional[float] = ..., backend: _Optional[str] = ..., platform: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., default_n0: _Optional[int] = ..., default_n: _Optional[int] = ..., default_alpha: _Optional[float] = ..., max_n: _Optional[int] = ..., state: _Optional[str] = ..., failure_reason: _Optional[str] = ..., max_alpha: _Optional[float] = ..., min_n: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., noise_generator: _Optional[str] = ...) -> None: ...
+    noise_family: str
+    norm: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., sigma: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., value_low: _Optional[float] = ..., value_high: _Optional[float] = ..., backend: _Optional[str] = ..., platform: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., default_n0: _Optional[int] = ..., default_n: _Optional[int] = ..., default_alpha: _Optional[float] = ..., max_n: _Optional[int] = ..., state: _Optional[str] = ..., failure_reason: _Optional[str] = ..., max_alpha: _Optional[float] = ..., min_n: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., noise_generator: _Optional[str] = ..., noise_family: _Optional[str] = ..., norm: _Optional[str] = ...) -> None: ...

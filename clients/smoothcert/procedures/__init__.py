@@ -1,0 +1,27 @@
+"""The registry of certification procedures: a new procedure is one module here with a
+``PROCEDURE`` entry (see ``base.Procedure``). The server's sampling loop and
+``smoothserve-verify`` both dispatch through ``get(name)``."""
+
+from __future__ import annotations
+
+from . import anytime, fixed_n, predict, target_radius
+from .base import ABSTAIN, CONTINUE, Look, Outcome, Plan, Procedure, look_schedule
+
+PROCEDURES: dict[str, Procedure] = {
+    m.PROCEDURE.name: m.PROCEDURE for m in (predict, fixed_n, target_radius, anytime)
+}
+# The procedures a CERTIFY request may name (PREDICT is the mode, not a procedure option).
+CERTIFY_PROCEDURES = tuple(name for name, p in PROCEDURES.items() if p.mode == "certify")
+
+
+def get(name: str) -> Procedure:
+    """The procedure called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return PROCEDURES[name]
+    except KeyError:
+        known = ", ".join(PROCEDURES)
+        raise ValueError(f"unknown procedure {name!r}; known: {known}") from None
+
+
+__all__ = ["ABSTAIN", "CERTIFY_PROCEDURES", "CONTINUE", "PROCEDURES", "Look", "Outcome", "Plan",
+           "Procedure", "get", "look_schedule"]  # fmt: skip
