@@ -17,23 +17,25 @@ FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/smoothserve/venv
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (empty package folders), so that editing the
-# sources does not reinstall them. The optional build secret ca_bundle is a CA trust store for
-# pip, for build networks that intercept TLS (scripts/build_image.sh passes the host's); it
-# never lands in a layer.
+# Dependencies first, from the two pyproject.toml files alone (empty package folders), so that
+# editing the sources does not reinstall them. The server depends on the client distribution
+# (clients/: smoothserve_client and smoothcert, with its verify extra), which pip takes from
+# here only when the same command names it. The optional build secret ca_bundle is a CA trust
+# store for pip, for build networks that intercept TLS (scripts/build_image.sh passes the
+# host's); it never lands in a layer.
 COPY pyproject.toml README.md ./
+COPY clients/pyproject.toml clients/
 RUN --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    mkdir -p server clients export; \
-    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" ".[oip,fastnoise]" ; \
-    /opt/smoothserve/venv/bin/pip uninstall --yes smoothserve
+    mkdir -p server; \
+    /opt/smoothserve/venv/bin/pip install --prefer-binary "setuptools>=68" "./clients[verify]" ".[oip,fastnoise]" ; \
+    /opt/smoothserve/venv/bin/pip uninstall --yes smoothserve smoothserve-client
 COPY server server
 COPY clients clients
-COPY export export
 RUN set -eu; \
-    /opt/smoothserve/venv/bin/pip install --no-deps --no-build-isolation --no-index . ; \
-    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime, smoothserve.transport.oip_grpc, smoothserve.transport.oip_rest"; \
+    /opt/smoothserve/venv/bin/pip install --no-deps --no-build-isolation --no-index ./clients . ; \
+    /opt/smoothserve/venv/bin/python -c "import smoothserve.app, smoothserve.healthcheck, onnxruntime, smoothserve.transport.oip_grpc, smoothserve.transport.oip_rest, smoothcert.verify"; \
     if /opt/smoothserve/venv/bin/python -c "import torch" 2>/dev/null; then \
         echo "torch must not be in the serving image" >&2; exit 1; \
     fi; \

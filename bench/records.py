@@ -15,10 +15,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from smoothcert.families import FAMILIES
+from smoothcert.model_config import SmoothModelConfig
 from smoothcert.procedures.fixed_n import certify
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.verify import recompute
 from smoothserve.records import Signer, certificate_record, check_signature
-from smoothserve.verify import recompute
 from smoothserve_client.types import PredictResult
 
 

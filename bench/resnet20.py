@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.model_config import SmoothModelConfig
 from smoothtrain.models import build_model
 from smoothtrain.onnx_export import export_onnx, verify_onnx
 

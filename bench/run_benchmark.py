@@ -43,8 +43,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from smoothcert.families import FAMILIES
+from smoothcert.model_config import SmoothModelConfig
 from smoothcert.procedures.fixed_n import certify
-from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import NoiseStream, noise_generator, noise_stream
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import load_fashion_mnist

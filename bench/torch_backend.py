@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothcert.model_config import SmoothModelConfig
 from smoothserve.backends.base import Backend
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend, default_providers
 from smoothserve.backends.torch_backend import TorchBackend
 from smoothserve.metrics import Metrics
-from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import noise_generator
 from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler

@@ -6,7 +6,8 @@
 
 Certification goes through the real gRPC server (``smoothserve_dev.testing.ServerProcess`` on
 ``model_repo``) and the client; the empirical robust accuracy is the SmoothAdv PGD attack in
-torch on ``checkpoints/<name>.pt``. Needs the installed packages (``pip install -e ".[train]"``).
+torch on ``checkpoints/<name>.pt``. Needs the installed packages
+(``pip install -e ./clients -e . -e ./dev -e ./export``).
 """
 
 from smoothtrain.results_cli import main

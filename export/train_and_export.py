@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train a base classifier for randomized smoothing and export it to the model repository.
 
-Examples (from the repository root, with the packages installed: ``pip install -e ".[train]"``)::
+Examples (from the repository root, with the packages installed:
+``pip install -e ./clients -e . -e ./dev -e ./export``)::
 
     python export/train_and_export.py --name fmnist_cnn_gauss_s025 --sigma 0.25
     python export/train_and_export.py --name fmnist_cnn_smoothadv_s025 --method smoothadv \\

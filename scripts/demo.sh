@@ -16,11 +16,14 @@ OUT=${OUT:-out/demo}
 PORT=${PORT:-50051}
 METRICS_PORT=${METRICS_PORT:-9464}
 
-if [ ! -x "$VENV/bin/smoothserve" ] || [ pyproject.toml -nt "$VENV/bin/smoothserve" ]; then
+if [ ! -x "$VENV/bin/smoothserve" ] || [ pyproject.toml -nt "$VENV/bin/smoothserve" ] \
+   || [ clients/pyproject.toml -nt "$VENV/bin/smoothserve" ]; then
   echo "== setting up $VENV (serving install, no torch, with the plot extra for certify.png)"
-  python3 -m venv "$VENV"
+  python3 -m venv --clear "$VENV"
+  # The client and the server in one command: the server depends on the local smoothserve-client.
   "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-    -c requirements/constraints.txt -e ".[plot]" 2>&1 | grep -v "^WARNING: Location" || true
+    -c requirements/constraints.txt -e "./clients[cli,plot]" -e ".[plot]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
   touch "$VENV/bin/smoothserve"
 fi
 
@@ -43,7 +46,7 @@ done
 [ -s "$READY" ] || { echo "server did not start"; cat "$OUT/server.log"; exit 1; }
 
 echo "== certifying one image with the single-image CLI"
-"$VENV/bin/python" -c "import numpy as np, sys; sys.path.insert(0, 'clients')
+"$VENV/bin/python" -c "import numpy as np
 from smoothserve_client.datasets import load_fashion_mnist
 np.save('$OUT/image0.npy', load_fashion_mnist('$DATA_DIR').images[0])"
 "$VENV/bin/smoothserve-certify" --server "127.0.0.1:$PORT" --n "$N" "$OUT/image0.npy"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv with the server, client, training and Triton test extras,
-# then runs the whole test suite (real servers on loopback, a real Triton, real scrapes).
+# The test command: sets up .venv with the client, the server, the test harness (dev/), the
+# training package (export/) and the Triton test extras, then runs the whole test suite (real
+# servers on loopback, a real Triton, real scrapes).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k triton -x    # arguments go to pytest
@@ -11,9 +12,22 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-# torch==2.13.0 comes from the machine's local CPU wheel; the constraints keep pip's resolver fast.
+# The four projects of the checkout (client, server, test harness, training), editable and in
+# one command, so that the local smoothserve-client satisfies the server's dependency on it.
+# torch==2.13.0 (smoothserve-train's) comes from the machine's local CPU wheel; the constraints
+# keep pip's resolver fast.
 echo "installing the dev environment into $VENV (about a minute the first time)..."
+# A venv from before the split, whose `smoothserve` installed every package and script: remove
+# it first, or pip uninstalls it after installing the client and takes the client's scripts.
+# (-I: the installed metadata, not the old layout's smoothserve.egg-info in this folder.)
+if "$VENV/bin/python" -I -c "import importlib.metadata as m, sys
+sys.exit(0 if 'smoothserve-verify' in m.distribution('smoothserve').entry_points.names else 1)" \
+    >/dev/null 2>&1; then
+  "$VENV/bin/pip" uninstall -q -y --disable-pip-version-check smoothserve >/dev/null 2>&1 || true
+  rm -rf smoothserve.egg-info  # the old layout's; the server's is now server/smoothserve.egg-info
+fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-  -c requirements/constraints.txt -e ".[dev,train]" 2>&1 | grep -v "^WARNING: Location" || true
+  -c requirements/constraints.txt -e "./clients[verify,cli,plot]" -e ./dev -e ./export \
+  -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 echo "dev environment ready; running pytest"
 "$VENV/bin/python" -m pytest "$@"

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from servers import metric
 
-from smoothserve.repository import sha256_of
+from smoothcert.model_config import sha256_of
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.testing import ServerProcess
 

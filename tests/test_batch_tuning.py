@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.batch_tuning import CANDIDATES, best, candidates, with_batch_size
-from smoothserve.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve_client import SmoothServeClient
 from smoothserve_dev.models import write_linear_model
 from smoothserve_dev.testing import ServerProcess

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smoothserve.model_config import SmoothModelConfig
-from smoothserve.repository import sha256_of
+from smoothcert.model_config import SmoothModelConfig, sha256_of
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.datasets import load_fashion_mnist
 from smoothserve_dev.testing import ServerProcess

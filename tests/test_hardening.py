@@ -15,12 +15,12 @@ import pytest
 from conftest import LINEAR_SHAPE
 from servers import metric
 
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.config import ServerConfig
 from smoothserve.dataplane import check_counts
 from smoothserve.errors import BadState
 from smoothserve.metrics import Metrics
-from smoothserve.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.noise import noise_generator
 from smoothserve.repository import latest
 from smoothserve.scheduler import BatchScheduler

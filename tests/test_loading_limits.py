@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothserve.keytool import main as key_main
-from smoothserve.model_config import ModelConfigError, SmoothModelConfig
+from smoothcert.keytool import main as key_main
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.models import write_linear_model
 from smoothserve_dev.testing import ServerProcess

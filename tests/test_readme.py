@@ -47,9 +47,9 @@ RUN_WITH_TOOL = {  # first line: the tool it needs on PATH
 SKIPPED = {
     "scripts/demo.sh   # the main job: set up, serve the default model, certify test images, stop":
         "creates .venv-serve and installs the serving packages (minutes); CI runs scripts/test.sh",
-    "pip install .                     # serving install: numpy, scipy, onnxruntime, grpcio, ...":
+    "pip install ./clients .               # serving install: numpy, scipy, onnxruntime, grpcio, ...":
         "installs packages; the server it starts is this test's ServerProcess on model_repo",
-    'pip install -e ".[train]"   # torch==2.13.0 (CPU build here; use a CUDA build on GPUs)':
+    "pip install -e ./clients -e . -e ./dev -e ./export  # torch==2.13.0 (CPU here, CUDA on GPUs)":
         "installs torch (training: tests/test_training_pipeline.py)",
 }  # fmt: skip
 

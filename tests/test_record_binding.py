@@ -24,17 +24,17 @@ from test_linear_radius import point_at
 
 from smoothcert import procedures
 from smoothcert.families import FAMILIES
+from smoothcert.model_config import SmoothModelConfig
 from smoothcert.procedures.fixed_n import certify
 from smoothcert.procedures.target_radius import target_schedule
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.verify import INVALID, VALID
+from smoothcert.verify import main as verify_main
 from smoothserve.records import (
     canonical_json,
     load_private_key,
     private_key_pem,
     public_key_pem,
 )
-from smoothserve.verify import INVALID, VALID
-from smoothserve.verify import main as verify_main
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.types import read_signed_record, signed_record_json
 from smoothserve_dev.testing import ServerProcess

@@ -16,10 +16,10 @@ from servers import metric
 from test_linear_radius import point_at
 from test_newcomer import write_idx_dataset
 
-from smoothserve.keytool import main as key_main
+from smoothcert.keytool import main as key_main
+from smoothcert.verify import INVALID, REPLAY, USAGE, VALID, recompute
+from smoothcert.verify import main as verify_main
 from smoothserve.records import RECORD_FORMAT, canonical_json
-from smoothserve.verify import INVALID, REPLAY, USAGE, VALID, recompute
-from smoothserve.verify import main as verify_main
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_client.types import read_signed_record, signed_record_json
 from smoothserve_dev.testing import ServerProcess
@@ -234,7 +234,7 @@ def test_a_bad_signing_key_stops_the_server_with_one_line(linear_repo, tmp_path)
 
 
 def test_the_console_scripts_run(saved, keys):
-    command = [sys.executable, "-m", "smoothserve.verify", str(saved / "target_radius.json"),
+    command = [sys.executable, "-m", "smoothcert.verify", str(saved / "target_radius.json"),
                "--public-key", str(keys / "signing.pem.pub")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == VALID, done.stdout + done.stderr

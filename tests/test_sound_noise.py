@@ -17,9 +17,9 @@ from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
 from test_linear_radius import point_at
 from test_scheduler import make_scheduler
 
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve import sampling
 from smoothserve.errors import FailedPrecondition, Unavailable
-from smoothserve.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.noise import NoiseStream, Pcg64Stream, noise_generator
 from smoothserve.sound_noise import (
     LEVELS,

@@ -22,10 +22,10 @@ from smoothserve_dev.models import write_linear_model
 
 torch = pytest.importorskip("torch")
 
+from smoothcert.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from smoothserve.backends.torch_backend import TorchBackend, draw_noisy_segments  # noqa: E402
 from smoothserve.metrics import Metrics  # noqa: E402
-from smoothserve.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve.noise import noise_generator  # noqa: E402
 from smoothserve.repository import latest  # noqa: E402
 from smoothserve.sampling import DeviceNoise, HostNoise  # noqa: E402

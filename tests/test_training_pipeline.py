@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from smoothserve.model_config import SmoothModelConfig  # noqa: E402
+from smoothcert.model_config import SmoothModelConfig  # noqa: E402
 from smoothserve_client.datasets import load_fashion_mnist  # noqa: E402
 from smoothtrain.attacks import ddn_l2, draw_noise, pgd_l2  # noqa: E402
 from smoothtrain.checkpoint import load_model  # noqa: E402

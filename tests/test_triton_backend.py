@@ -23,10 +23,9 @@ from triton_helpers import (
     write_repo,
 )
 
+from smoothcert.model_config import SmoothModelConfig, sha256_of
 from smoothserve.backends.triton import TritonBackend
-from smoothserve.model_config import SmoothModelConfig
 from smoothserve.noise import noise_generator, noise_stream, resolve_generator
-from smoothserve.repository import sha256_of
 from smoothserve_client.client import SmoothServeClient
 from smoothserve_dev.testing import ServerProcess
 from smoothserve_dev.triton_twin import TritonProcess

@@ -24,9 +24,9 @@ from triton_helpers import (
     write_repo,
 )
 
+from smoothcert.schema.model_config_pb2 import ModelConfig
 from smoothserve.backends.triton import TritonBackend
 from smoothserve.errors import Unavailable
-from smoothserve.schema.model_config_pb2 import ModelConfig
 from smoothserve_client.client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.testing import ServerProcess
 from smoothserve_dev.triton_twin import TritonProcess, free_port, scrape

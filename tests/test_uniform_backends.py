@@ -23,8 +23,8 @@ from scipy.stats import binom, kstest
 from triton_helpers import require_tritonserver, triton_args
 
 from smoothcert.families import FAMILIES
+from smoothcert.verify import recompute
 from smoothserve.noise import noise_generator
-from smoothserve.verify import recompute
 from smoothserve_client import SmoothServeClient
 from smoothserve_dev.models import write_linear_model
 from smoothserve_dev.testing import ServerProcess
@@ -203,19 +203,28 @@ def triton_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(triton_repo, tmp_path_factory):
-    """The CPU twin of both models, with the samplers ``python -m smoothserve.triton_sampler``
-    writes for both of them next to the networks."""
+    """The CPU twin of both models, with the sampler ``python -m smoothserve.triton_sampler``
+    writes for the Gaussian one (it skips the uniform one, saying why) and, written directly,
+    one for the uniform model too, as a stale deployment might hold: the server must not use
+    it."""
     require_tritonserver()
     from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository
 
     dest = tmp_path_factory.mktemp("uniform_twin")
     build_twin_repository(triton_repo, dest)
-    written = subprocess.run(
+    out = subprocess.run(
         [sys.executable, "-m", "smoothserve.triton_sampler", "--model-repo", str(triton_repo),
          "--out", str(dest), "--target", "cpu", "--samples-per-call", "4096"],
         check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    assert sorted(Path(p).name for p in written) == ["gauss_sampler", "halfplane_sampler"]
+    ).stdout  # fmt: skip
+    assert "halfplane: uniform noise; the sampler draws Gaussian noise only" in out
+    assert [Path(p).name for p in out.split() if p.endswith("_sampler")] == ["gauss_sampler"]
+    from smoothserve.repository import scan
+    from smoothserve.triton_sampler import write_sampler
+
+    uniform = scan(triton_repo).ready["halfplane"]
+    write_sampler(next(iter(uniform.values())).config, sorted(uniform), dest, "cpu",
+                  samples_per_call=4096)  # fmt: skip
     with TritonProcess(dest) as process:
         yield process
 

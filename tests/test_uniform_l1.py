@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from smoothserve.verify import recompute
+from smoothcert.verify import recompute
 from smoothserve_client import SmoothServeClient
 from smoothserve_client.client import SmoothServeError
 from smoothserve_dev.models import write_linear_model

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.model_config import SmoothModelConfig
 from smoothserve_client import SmoothServeClient, SmoothServeError
 from smoothserve_dev.models import write_linear_model
 from smoothserve_dev.testing import ServerProcess

@@ -21,6 +21,7 @@ from .results import (
     radius_limit_note,
     write_tsv,
 )
+from .types import PROCEDURES
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--token", help="bearer token, if the server requires one")
     parser.add_argument(
-        "--procedure", choices=("fixed_n", "target_radius", "anytime"), default="fixed_n",
+        "--procedure", choices=tuple(PROCEDURES), default="fixed_n",
         help="fixed_n: exactly n estimation samples; target_radius: is the input certified at "
         "--target-radius (n is the cap); anytime: the best radius within --timeout (the "
         "deadline) and n samples",

@@ -22,6 +22,8 @@ PROCEDURES = {
     "anytime": pb.PROCEDURE_ANYTIME,
 }
 PROCEDURE_NAMES = {value: name for name, value in PROCEDURES.items()}
+DTYPES = {"float32": pb.DTYPE_FLOAT32, "uint8": pb.DTYPE_UINT8}
+DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
 READY, FAILED = "READY", "FAILED"
 SIGNED_RECORD_FORMAT = "smoothserve.signed-record.v1"
 

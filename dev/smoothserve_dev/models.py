@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.model_config import SmoothModelConfig
 
 
 def write_linear_model(

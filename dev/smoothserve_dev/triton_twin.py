@@ -35,9 +35,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from smoothcert.model_config import SmoothModelConfig
+from smoothcert.schema.model_config_pb2 import DataType, InstanceGroup
 from smoothserve import repository
-from smoothserve.model_config import SmoothModelConfig
-from smoothserve.schema.model_config_pb2 import DataType, InstanceGroup
 from smoothserve.triton_sampler import write_sampler
 
 # The Python-backend model every twin version runs (package data, copied into the twin).

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothserve.model_config import SmoothModelConfig
+from smoothcert.model_config import SmoothModelConfig
 
 from .config import TrainConfig
 

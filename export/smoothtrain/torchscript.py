@@ -76,7 +76,7 @@ def latest_version(model_dir: Path) -> str:
 def export_one(
     checkpoint: Path, repo: Path, version: str | None, tolerance: float
 ) -> tuple[Path, float]:
-    from smoothserve.model_config import SmoothModelConfig
+    from smoothcert.model_config import SmoothModelConfig
     from smoothtrain.checkpoint import load_model
 
     model, cfg, state = load_model(checkpoint)

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smoothcert.model_config import BATCH_SIZE_PARAMETER, SmoothModelConfig
+
 from .backends import create_backend
 from .backends.base import Backend, probe_batch
 from .config import ServerConfig
-from .model_config import BATCH_SIZE_PARAMETER, SmoothModelConfig
 from .repository import ModelVersion
 
 log = logging.getLogger("smoothserve")

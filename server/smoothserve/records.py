@@ -16,8 +16,6 @@ received and only then parses them, so it never has to rebuild the canonical for
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
 import stat
@@ -25,71 +23,34 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from smoothcert.model_config import SmoothModelConfig
+from smoothcert.records import (  # noqa: F401 - the record format, re-exported for the server
+    ALGORITHM,
+    CONFIG_FIELDS,
+    RECORD_FORMAT,
+    RECORD_FORMAT_V1,
+    RESULT_FIELDS,
+    canonical_json,
+    check_signature,
+    config_sha256,
+    key_id,
+    load_private_key,
+    load_public_key,
+    private_key_pem,
+    public_key_pem,
+    smoothing_config,
+)
 from smoothserve_client.types import PredictResult, SigningKey
 
-from .model_config import SmoothModelConfig
-
 log = logging.getLogger(__name__)
-RECORD_FORMAT = "smoothserve.certificate.v2"
-# v1 records bind neither the smoothing config (beyond sigma) nor the look plan; the verifier
-# checks them only when asked to (``--allow-format-v1``).
-RECORD_FORMAT_V1 = "smoothserve.certificate.v1"
-ALGORITHM = "Ed25519"
-# PredictResult fields that travel in the record as they are (the rest are added or left out:
-# the timing and the record itself are not part of a certificate).
-RESULT_FIELDS = (
-    "prediction", "label", "abstain", "radius", "p_a_lower", "p_value", "candidate", "counts",
-    "selection_counts", "mode", "n0", "n", "alpha", "sigma", "procedure", "target_radius",
-    "tolerance", "bound_alpha", "looks", "look_schedule", "sound_noise", "noise_family", "norm",
-)  # fmt: skip
-
-
 @functools.cache
 def server_version() -> str:
     try:
         return metadata.version("smoothserve")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """The first 16 hex digits of the SHA-256 of the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def public_key_pem(public_key: Ed25519PublicKey) -> str:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
-
-
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ValueError if it is not one."""
-    key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("not an Ed25519 public key")
-    return key
-
-
-def load_private_key(pem: bytes) -> Ed25519PrivateKey:
-    """An Ed25519 private key from unencrypted PKCS#8 PEM; ValueError if it is not one."""
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("not an Ed25519 private key")
-    return key
-
-
-def private_key_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM Ed25519 private key is about 120 bytes
@@ -156,40 +117,6 @@ class Signer:
         return self._key.sign(record)
 
 
-def canonical_json(value: dict) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-CONFIG_FIELDS = ("noise_family", "sigma", "labels", "value_range", "input_shape", "input_data_type",
-                 "sound_noise")  # fmt: skip
-
-
-def smoothing_config(config: SmoothModelConfig) -> dict:
-    """The part of a model's ``config.pbtxt`` that an answer depends on, as the record holds
-    it: the noise family and its scale ``sigma`` (the radius and its norm follow from them),
-    the labels (which name the classes the counts are
-    of), the value range and input shape and dtype (how an input is read and where the noise is
-    added) and whether the model makes every request use sound noise. Left out, since they do
-    not change an answer: names of the tensors, batch sizes, instance counts, the platform."""
-    low, high = config.value_range
-    return {
-        "noise_family": config.noise_family,
-        "sigma": float(config.sigma),
-        "labels": list(config.labels),
-        "value_range": [float(low), float(high)],
-        "input_shape": [int(d) for d in config.input_shape],
-        "input_data_type": config.input_data_type,
-        "sound_noise": bool(config.sound_noise),
-    }
-
-
-def config_sha256(config: dict) -> str:
-    """SHA-256 (hex) of the canonical JSON of a record's ``config`` object."""
-    return hashlib.sha256(canonical_json(config)).hexdigest()
-
-
 def look_plan(result: PredictResult, first_look: int) -> dict:
     """What a result's look schedule follows from: the first look size (the server's
     ``--first-look``) and the cap (the n the request allowed, where every schedule ends);
@@ -240,9 +167,3 @@ def certificate_record(
     return canonical_json(record)
 
 
-def check_signature(record: bytes, signature: bytes, public_key: Ed25519PublicKey) -> bool:
-    try:
-        public_key.verify(signature, record)
-        return True
-    except InvalidSignature:
-        return False

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smoothcert.model_config import MODEL_FILE, ModelConfigError, SmoothModelConfig, sha256_of
+
 from .errors import NotFound
-from .model_config import ModelConfigError, SmoothModelConfig
+from .sound_noise import check_sound_config
 
 log = logging.getLogger(__name__)
-MODEL_FILE = "model.onnx"
 DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
 MAX_VERSION = 2**63 - 1  # versions travel as int64 (Triton) and as strings of <= 19 digits
 # An absolute path left in a reason once the repository's own prefix is gone: its last part
@@ -34,14 +34,6 @@ class ModelVersion:
     @property
     def name(self) -> str:
         return self.config.name
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -97,7 +89,7 @@ def scan(repo: Path) -> ModelStates:
         config_path = model_dir / "config.pbtxt"
         shown = f"{model_dir.name}/config.pbtxt"  # relative to the repository
         try:
-            config = SmoothModelConfig.from_pbtxt(config_path.read_text())
+            config = check_sound_config(SmoothModelConfig.from_pbtxt(config_path.read_text()))
         except OSError as exc:
             states.fail(model_dir.name, f"{shown}: {exc.strerror or exc}")
             continue

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smoothcert.procedures import CERTIFY_PROCEDURES
+from smoothcert.records import INPUT_DTYPES
 
 from .errors import InvalidArgument
 
@@ -22,7 +23,7 @@ MODES = (CERTIFY, PREDICT)
 PROCEDURES = CERTIFY_PROCEDURES
 FIXED_N = PROCEDURES[0]  # the default procedure
 # The input datatypes, by the data plane's name; OIP's names map onto them.
-DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+DTYPES = INPUT_DTYPES
 OIP_DATATYPES = {"UINT8": "uint8", "FP32": "float32"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 INT64_MAX = 2**63 - 1

@@ -61,6 +61,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
+
 LEVELS = 255  # lattice steps across the value range: 8-bit pixels
 ONE = 2**64  # the uniforms are 64-bit
 DIGITS = 100  # working precision of the table, in significant decimal digits
@@ -261,3 +263,14 @@ def fill_sound_copies(
 def skip_sound_draws(rng: np.random.Generator, samples: int, size: int) -> None:
     """Advance ``rng`` past ``samples`` sound samples of ``size`` coordinates each."""
     rng.bit_generator.random_raw(samples * size)
+
+
+def check_sound_config(config: SmoothModelConfig) -> SmoothModelConfig:
+    """``config``, or ModelConfigError when it asks for sound noise the lattice cannot give
+    (checked at load, so such a model fails with the reason instead of its first request)."""
+    if config.sound_noise:
+        try:
+            sound_lattice(config.sigma, *config.value_range)
+        except SoundNoiseError as exc:
+            raise ModelConfigError(str(exc)) from None
+    return config

@@ -15,18 +15,8 @@ import numpy as np
 
 from ..bounds import lower_confidence_bound, upper_confidence_bound
 from ..families import NoiseFamily
-from .base import (
-    ABSTAIN,
-    ABSTAINED,
-    CERTIFIED,
-    CONTINUE,
-    Look,
-    Outcome,
-    Plan,
-    Procedure,
-    check_look,
-    look_schedule,
-)
+from . import base
+from .base import ABSTAIN, Look, Outcome, Plan, Procedure
 
 
 def anytime_alpha(look: int, alpha: float) -> float:
@@ -56,13 +46,13 @@ def anytime_look(
     p_a_lower = lower_confidence_bound(count_a, n, level)
     radius = family.radius(p_a_lower, scale)
     if upper_confidence_bound(count_a, n, level) < 0.5:
-        return Look(ABSTAINED, p_a_lower, 0.0, level)
+        return Look(base.ABSTAINED, p_a_lower, 0.0, level)
     if tolerance > 0:
         next_level = anytime_alpha(look + 1, alpha)
         projected = family.radius(lower_confidence_bound(2 * count_a, 2 * n, next_level), scale)
         if projected - radius <= tolerance:
-            return Look(CERTIFIED if radius > 0 else ABSTAINED, p_a_lower, radius, level)
-    return Look(CONTINUE, p_a_lower, radius, level)
+            return Look(base.CERTIFIED if radius > 0 else base.ABSTAINED, p_a_lower, radius, level)
+    return Look(base.CONTINUE, p_a_lower, radius, level)
 
 
 class Anytime(Procedure):
@@ -79,17 +69,17 @@ class Anytime(Procedure):
             raise ValueError(f"tolerance must be a finite number >= 0, got {plan.tolerance}")
 
     def schedule(self, plan: Plan) -> tuple[int, ...]:
-        return look_schedule(plan.first_look, plan.cap)
+        return base.look_schedule(plan.first_look, plan.cap)
 
     def look(self, plan, schedule, k, selection, counts) -> Outcome:
         """A look that does not decide to abstain answers with its radius when positive, so
         sampling may stop at any look, decided or not."""
-        n = check_look(schedule, k, counts)
+        n = base.check_look(schedule, k, counts)
         candidate = int(np.argmax(selection))
         look = anytime_look(
             int(counts[candidate]), n, k, plan.family, plan.scale, plan.alpha, plan.tolerance
         )
-        if look.decision != ABSTAINED and look.radius > 0:
+        if look.decision != base.ABSTAINED and look.radius > 0:
             return Outcome(look.decision, candidate, candidate, look.radius, look.p_a_lower, 0.0,
                            look.look_alpha)  # fmt: skip
         return Outcome(look.decision, ABSTAIN, candidate, 0.0, look.p_a_lower, 0.0, look.look_alpha)

@@ -9,7 +9,8 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from ..model_config import ModelConfigError, SmoothModelConfig
+from smoothcert.model_config import ModelConfigError, SmoothModelConfig
+
 from ..repository import ModelStates, ModelVersion
 
 T = TypeVar("T")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from smoothcert.model_config import ModelConfigError
+
 from .. import repository
-from ..model_config import ModelConfigError
 from ..repository import ModelStates, ModelVersion
 from .base import (
     DEFAULT_LOAD_TIMEOUT_S,

@@ -38,10 +38,12 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from smoothcert.model_config import ModelConfigError, NotSmoothed, SmoothModelConfig
+
 from .. import repository
 from ..errors import BadState, DeadlineExceeded, NotFound, Unavailable
-from ..model_config import ModelConfigError, NotSmoothed, SmoothModelConfig
 from ..repository import ModelStates, ModelVersion
+from ..sound_noise import check_sound_config
 from ..triton_sampler import SAMPLER_PARAMETER
 from .base import Backend, CountSegment, RemoteSampling
 from .triton_pool import MAX_MESSAGE_BYTES, Endpoint, EndpointPool, describe
@@ -171,7 +173,7 @@ class TritonBackend(Backend):
                 samplers[(parameters[SAMPLER_PARAMETER]["string_value"], version)] = (name, raw)
                 continue
             try:
-                config = SmoothModelConfig.from_dict(raw)
+                config = check_sound_config(SmoothModelConfig.from_dict(raw))
             except NotSmoothed as exc:
                 log.info("Triton %s: not serving %s: %s", endpoint.url, name, exc)
                 skipped.append(f"{name} ({exc})")

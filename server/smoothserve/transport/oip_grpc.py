@@ -14,11 +14,10 @@ from tritonclient.grpc import service_pb2 as oip_pb
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, SmoothServeError
+from ..errors import REQUEST_ID_KEY, InvalidArgument, SmoothServeError, grpc_status
 from ..records import server_version
 from . import oip
 from .predict_call import answer
-from .servicer import REQUEST_ID_KEY, status_of
 from .wire import check_model_infer
 
 SERVICE = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -94,7 +93,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             info = self.plane.model_info(request.name, request.version)
         except SmoothServeError as error:
-            await context.abort(status_of(error), str(error))
+            await context.abort(grpc_status(error), str(error))
         tensor = oip_pb.ModelMetadataResponse.TensorMetadata
         name, datatype, shape = oip.metadata_input(info)
         return oip_pb.ModelMetadataResponse(
@@ -108,7 +107,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             info = self.plane.model_info(request.name, request.version)
         except SmoothServeError as error:
-            await context.abort(status_of(error), str(error))
+            await context.abort(grpc_status(error), str(error))
         config = json_format.ParseDict(oip.model_config(info), config_pb.ModelConfig())
         return oip_pb.ModelConfigResponse(config=config)
 
@@ -127,7 +126,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             result = await answer(self.plane, request.model_name, make_input,
                                   context.time_remaining(), given_id=given)  # fmt: skip
         except SmoothServeError as error:
-            await context.abort(status_of(error), str(error))
+            await context.abort(grpc_status(error), str(error))
         wanted = {o.name for o in request.outputs}
         response = oip_pb.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version,

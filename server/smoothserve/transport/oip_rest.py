@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, SmoothServeError
+from ..errors import REQUEST_ID_KEY, InvalidArgument, SmoothServeError, http_status
 from ..records import server_version
 from ..request import PredictInput
 from ..tracing import REQUEST_ID
@@ -28,13 +28,9 @@ from . import oip
 from .auth import MISSING, FailureLimiter, address_key, token_refusal
 from .http_server import HttpDoor, HttpLimits
 from .predict_call import answer
-from .servicer import REQUEST_ID_KEY, status_of
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 400,
-               "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
-               "INTERNAL": 500}  # fmt: skip
 OPEN_PATHS = ("/v2/health/",)
 
 
@@ -43,7 +39,7 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 def from_error(error: SmoothServeError) -> web.Response:
-    return error_response(HTTP_STATUS.get(status_of(error).name, 500), str(error))
+    return error_response(http_status(error), str(error))
 
 
 # A JSON body holds at most this much per input value, plus the rest of the request; larger

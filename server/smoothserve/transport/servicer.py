@@ -9,19 +9,10 @@ import grpc
 
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
-from smoothserve_client.types import PROCEDURE_NAMES
+from smoothserve_client.types import DTYPE_NAMES, PROCEDURE_NAMES
 
 from ..dataplane import DataPlane
-from ..errors import (
-    BadState,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    SmoothServeError,
-    Unavailable,
-)
+from ..errors import REQUEST_ID_KEY, InvalidArgument, SmoothServeError, grpc_status
 from ..request import (
     CERTIFY,
     MAX_NAME_CHARS,
@@ -35,26 +26,8 @@ from ..tracing import REQUEST_ID, request_id
 from .predict_call import answer
 
 log = logging.getLogger(__name__)
-REQUEST_ID_KEY = "x-request-id"
 
-STATUS = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    BadState: grpc.StatusCode.INTERNAL,
-}
 MODES = {pb.MODE_CERTIFY: CERTIFY, pb.MODE_PREDICT: PREDICT}
-DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_UINT8: "uint8"}
-
-
-def status_of(error: SmoothServeError) -> grpc.StatusCode:
-    for kind, code in STATUS.items():
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 def check_predict_outline(data: bytes) -> None:
@@ -83,7 +56,7 @@ def to_input(request: pb.PredictRequest, seconds_left: float | None = None) -> P
         model_name=request.model_name,
         model_version=request.model_version,
         shape=tuple(request.input.shape),
-        dtype=DTYPES.get(request.input.dtype, ""),
+        dtype=DTYPE_NAMES.get(request.input.dtype, ""),
         data=request.input.data,
         mode=MODES[options.mode],
         n0=options.n0 if options.HasField("n0") else None,
@@ -121,7 +94,7 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         except SmoothServeError as error:
             # abort() sends the status at once; ``answer`` counted the request first, so a
             # scrape that follows the caller's error always includes it.
-            await context.abort(status_of(error), str(error), ((REQUEST_ID_KEY, rid),))
+            await context.abort(grpc_status(error), str(error), ((REQUEST_ID_KEY, rid),))
         return result.to_proto()
 
     async def GetSigningKey(self, request: pb.GetSigningKeyRequest, context):
@@ -134,4 +107,4 @@ class SmoothServeServicer(pb_grpc.SmoothServeServicer):
         try:
             return self.plane.model_info(request.model_name, request.model_version).to_proto()
         except SmoothServeError as error:
-            await context.abort(status_of(error), str(error))
+            await context.abort(grpc_status(error), str(error))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from ..model_config import SmoothModelConfig
-from ..schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
+from smoothcert.model_config import SmoothModelConfig
+from smoothcert.schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
 
 SAMPLER_SUFFIX = "_sampler"
 SAMPLER_PARAMETER = "smoothserve_sampler_for"  # names the network; marks a config as a sampler
@@ -97,7 +97,9 @@ def write_sampler(
 def write_samplers(
     model_repo: Path, dest: Path, target: str = "gpu", only: tuple[str, ...] = (), **options
 ) -> list[str]:
-    """The samplers of every model of ``model_repo`` (or of those in ``only``); their names."""
+    """The samplers of every model of ``model_repo`` (or of those in ``only``); their names.
+    Models of another noise family than Gaussian get none: the sampler draws Gaussian noise
+    (the server sends their batches to Triton as noisy copies drawn on the host)."""
     from .. import repository
 
     models = repository.scan(Path(model_repo)).ready
@@ -106,6 +108,10 @@ def write_samplers(
         if only and name not in only:
             continue
         config = next(iter(versions.values())).config
+        if config.noise_family != "gaussian":
+            print(f"{name}: {config.noise_family} noise; the sampler draws Gaussian noise only, "
+                  "so none is written (SmoothServe sends its noisy copies to Triton)")  # fmt: skip
+            continue
         write_sampler(config, sorted(versions), dest, target, **options)
         written.append(sampler_name(name))
     return written

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothcert import families, procedures
 from smoothserve_client.types import read_signed_record
 
-from .model_config import ModelConfigError, SmoothModelConfig
+from . import families, procedures
+from .model_config import MODEL_FILE, ModelConfigError, SmoothModelConfig, sha256_of
 from .records import (
     CONFIG_FIELDS,
+    INPUT_DTYPES,
     RECORD_FORMAT,
     RECORD_FORMAT_V1,
     check_signature,
@@ -42,10 +43,8 @@ from .records import (
     load_public_key,
     smoothing_config,
 )
-from .repository import MODEL_FILE, sha256_of
 
 VALID, INVALID, USAGE, REPLAY = 0, 1, 2, 3
-DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
 
 def close(a: float, b: float) -> bool:
@@ -261,7 +260,7 @@ def input_sha256(path: Path, dtype: str) -> str:
     if path.suffix != ".npy":
         return hashlib.sha256(path.read_bytes()).hexdigest()
     array = np.load(path, allow_pickle=False)
-    want = DTYPES.get(dtype)
+    want = INPUT_DTYPES.get(dtype)
     if want is None or array.dtype.kind != want.kind or array.dtype.itemsize != want.itemsize:
         raise ValueError(f"{path} holds {array.dtype}; the record's input is {dtype}")
     return hashlib.sha256(np.ascontiguousarray(array, dtype=want).tobytes()).hexdigest()

@@ -10,7 +10,8 @@ Smoothing metadata lives in the config's ``parameters`` (string values, as Trito
 family's scale (``sigma`` for Gaussian noise, ``lambda`` for uniform), ``labels`` (a JSON list), ``input_shape`` (JSON, without the batch axis) and
 ``value_range`` (JSON ``[low, high]`` of the pixel space the noise is added in), and
 optionally ``smoothserve_sound_noise`` (``"true"`` or ``"false"``, default false): every
-request on the model uses floating-point-sound noise (``sound_noise.py``), and
+request on the model uses floating-point-sound noise (the server's ``sound_noise.py``, which
+also checks at load that the noise can be built for the config), and
 ``smoothserve_batch_size`` (a positive integer, written by ``smoothserve-tune-batch``): the
 noisy samples per backend batch unless ``--batch-size`` overrides it (``batch_tuning.py``).
 
@@ -23,6 +24,7 @@ never a model served with a wrong sigma or too few labels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,11 +33,9 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format, text_format
 
-from smoothcert.families import DEFAULT as DEFAULT_FAMILY
-from smoothcert.families import FAMILIES, NoiseFamily, family
-
+from .families import DEFAULT as DEFAULT_FAMILY
+from .families import FAMILIES, NoiseFamily, family
 from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
-from .sound_noise import SoundNoiseError, sound_lattice
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
@@ -55,6 +55,18 @@ MAX_INPUT_ELEMENTS = 1 << 26  # per sample: 64 Mi floats (256 MiB), e.g. 3 x 4,0
 MAX_BATCH_BYTES = 4 << 30  # one float32 batch of smoothserve_batch_size samples (the
 # scheduler keeps --pipeline-depth of them per model)
 MAX_LABELS = 100_000
+
+
+MODEL_FILE = "model.onnx"  # <name>/<version>/model.onnx
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 (hex) of a file, read in blocks: a model's hash, as records carry it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ModelConfigError(ValueError):
@@ -155,11 +167,6 @@ class SmoothModelConfig:
             found.append(
                 f"{BATCH_SIZE_PARAMETER} must lie in [1, max_batch_size], got {self.batch_size}"
             )
-        if self.sound_noise and not found:
-            try:
-                sound_lattice(self.sigma, *self.value_range)
-            except SoundNoiseError as exc:
-                found.append(str(exc))
         return found
 
     def check(self) -> SmoothModelConfig:

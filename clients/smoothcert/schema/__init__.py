@@ -1,0 +1,1 @@
+"""Generated protobuf stubs of the config schema (``model_config.proto``)."""
