@@ -23,11 +23,10 @@ import numpy as np
 import onnxruntime as ort
 from run_benchmark import raw_throughput
 
-from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
-from smoothserve.metrics import Metrics
+from smoothserve.config import ServerConfig
+from smoothserve.engine import build_engine
 from smoothserve.noise import fast_generator_installed, noise_generator, noise_stream
 from smoothserve.repository import latest
-from smoothserve.scheduler import BatchScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [(1, 1024, 2), (2, 1024, 2), (2, 1024, 3), (2, 2048, 2), (2, 512, 3)]
@@ -49,19 +48,19 @@ def noise_only(shape, threads: int, generator: str, batches: int = 30, batch: in
 async def scheduler_rate(
     model_name: str, threads: int, batch: int, depth: int, n: int, generator: str
 ) -> float:
-    backend = OnnxRuntimeBackend(
-        ROOT / "model_repo", ["CPUExecutionProvider"], max_concurrent_batches=depth
-    )
-    model = latest((await backend.start()).ready[model_name])
-    scheduler = BatchScheduler(model, backend, Metrics(), batch, depth, threads, generator)
-    scheduler.start()
+    config = ServerConfig(
+        model_repo=ROOT / "model_repo", providers=("CPUExecutionProvider",), batch_size=batch,
+        pipeline_depth=depth, noise_threads=threads, noise_generator=generator,
+    )  # fmt: skip
+    engine = await build_engine(config)  # the server's own assembly, without its doors
+    model = latest(engine.plane.models[model_name])
+    scheduler = engine.schedulers[(model.name, model.version)]
     x = np.random.rand(*model.config.input_shape).astype(np.float32)
     await scheduler.count(x, 20_000, noise_generator())  # warm-up
     started = time.perf_counter()
     await scheduler.count(x, n, noise_generator())
     rate = n / (time.perf_counter() - started)
-    await scheduler.close()
-    await backend.close()
+    await engine.close()
     return rate
 
 

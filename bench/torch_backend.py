@@ -28,10 +28,10 @@ from smoothcert.model_config import SmoothModelConfig
 from smoothserve.backends.base import Backend
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend, default_providers
 from smoothserve.backends.torch_backend import TorchBackend
-from smoothserve.metrics import Metrics
+from smoothserve.config import ServerConfig
+from smoothserve.engine import build_engine
 from smoothserve.noise import noise_generator
 from smoothserve.repository import latest
-from smoothserve.scheduler import BatchScheduler
 from smoothtrain.torchscript import write_torchscript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +61,11 @@ def random_cnn_repo(root: Path) -> tuple[Path, str]:
 
 
 async def samples_per_s(backend: Backend, name: str, n: int, jobs: int, batch: int) -> float:
-    model = latest((await backend.start()).ready[name])
-    scheduler = BatchScheduler(model, backend, Metrics(), batch_size=batch, pipeline_depth=2)
-    scheduler.start()
+    config = ServerConfig(model_repo=backend.model_repo, batch_size=batch, pipeline_depth=2,
+                          exit_on_error=False)  # fmt: skip
+    engine = await build_engine(config, backend=backend)  # the server's own assembly
+    model = latest(engine.plane.models[name])
+    scheduler = engine.schedulers[(model.name, model.version)]
     low, high = model.config.value_range
     rng = np.random.default_rng(0)
     x = (low + (high - low) * rng.random(model.config.input_shape)).astype(np.float32)
@@ -71,8 +73,7 @@ async def samples_per_s(backend: Backend, name: str, n: int, jobs: int, batch: i
     started = time.perf_counter()
     await asyncio.gather(*(scheduler.count(x, n // jobs, noise_generator()) for _ in range(jobs)))
     elapsed = time.perf_counter() - started
-    await scheduler.close()
-    await backend.close()
+    await engine.close()
     return jobs * (n // jobs) / elapsed
 
 

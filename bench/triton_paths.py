@@ -32,9 +32,9 @@ from tritonclient.grpc._utils import _get_inference_request
 
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.backends.triton import TritonBackend
-from smoothserve.metrics import Metrics
+from smoothserve.config import ServerConfig
+from smoothserve.engine import build_engine
 from smoothserve.noise import noise_generator
-from smoothserve.scheduler import BatchScheduler
 from smoothserve_dev.models import write_linear_model
 from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository
 
@@ -102,11 +102,13 @@ async def certify_rate(path: str, urls: dict[str, str], repo: Path, args) -> dic
             [url], use_shm=path == "triton shm", batch_size=args.batch_size,
             max_concurrent_batches=2,
         )  # fmt: skip
-    model = (await backend.start()).ready["bench"]["1"]
+    config = ServerConfig(model_repo=repo, batch_size=args.batch_size, pipeline_depth=2,
+                          noise_threads=threads)  # fmt: skip
+    engine = await build_engine(config, backend=backend)  # the server's own assembly
+    model = engine.plane.models["bench"]["1"]
     if path == "triton sampler":
         assert backend.remote_sampling(model) is not None, "the sampler path is not in use"
-    scheduler = BatchScheduler(model, backend, Metrics(), args.batch_size, 2, threads)
-    scheduler.start()
+    scheduler = engine.schedulers[("bench", "1")]
     x = np.full(args.shape, 0.5, np.float32)
     figures: dict = {}
     try:
@@ -129,8 +131,7 @@ async def certify_rate(path: str, urls: dict[str, str], repo: Path, args) -> dic
         done = await asyncio.gather(*(client(until) for _ in range(args.clients)))
         figures["rate"] = sum(done) / (time.perf_counter() - started)
     finally:
-        await scheduler.close()
-        await backend.close()
+        await engine.close()
     return figures
 
 

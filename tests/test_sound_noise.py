@@ -23,6 +23,7 @@ from smoothserve.errors import FailedPrecondition, Unavailable
 from smoothserve.noise import NoiseStream, Pcg64Stream, noise_generator
 from smoothserve.sound_noise import (
     LEVELS,
+    check_sound_config,
     draw_offsets,
     fill_sound_copies,
     lattice_values,
@@ -224,7 +225,9 @@ def test_config_parameter_round_trips_and_is_checked() -> None:
     with pytest.raises(ModelConfigError, match="smoothserve_sound_noise"):
         SmoothModelConfig.from_pbtxt(text.replace('"true"', '"yes"'))
     with pytest.raises(ModelConfigError, match="sound noise supports sigma"):
-        replace(config, sigma=50.0).check()
+        check_sound_config(replace(config, sigma=50.0).check())  # the server's check at load
+    with pytest.raises(ModelConfigError, match="needs Gaussian noise"):
+        replace(config, noise_family="uniform").check()
 
 
 # A live server -------------------------------------------------------------------------------

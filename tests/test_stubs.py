@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = [
     ("clients", "smoothserve_client/api/v1/smoothserve.proto", True),
-    ("server", "smoothserve/schema/model_config.proto", False),
+    ("clients", "smoothcert/schema/model_config.proto", False),
     ("server", "smoothserve/schema/request_envelope.proto", False),
 ]
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import signal
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
@@ -17,15 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from smoothserve_client.api.v1 import smoothserve_pb2 as pb
 from smoothserve_client.api.v1 import smoothserve_pb2_grpc as pb_grpc
 
-from . import noise, repository, tracing
+from . import tracing
 from .admission import Admission
 from .backends import create_backend
-from .batch_tuning import choose_batch_size
 from .config import ServerConfig
 from .dataplane import DataPlane
-from .errors import ShuttingDown, SmoothServeError
+from .engine import Engine, EngineError, build_engine
+from .errors import ShuttingDown
 from .metrics import Metrics, metrics_limits
-from .records import Signer
 from .scheduler import BatchScheduler
 from .tracing import RequestIdFilter
 from .transport.auth import (
@@ -63,58 +61,16 @@ class Server:
         self.auth_limiter = FailureLimiter()  # failed tokens per address, both gRPC and REST
         self.prechecks = dict(PRECHECKS)  # the OIP transport adds its own (wire.py)
         self.accepting = False  # OIP readiness: true between start-up and the drain
+        self.engine: Engine | None = None  # backend, schedulers and data plane, once started
 
     async def start(self) -> None:
         try:
-            states = await self.backend.start()
-        except SmoothServeError as exc:  # no repository, no Triton: one line, no traceback
-            raise SystemExit(f"cannot start: {exc}") from None
-        if self.config.batch_size:  # checked per model before any batch is allocated
-            for name, versions in list(states.ready.items()):
-                config = next(iter(versions.values())).config
-                problem = config.batch_problem(self.config.batch_size, "--batch-size")
-                if problem:
-                    states.fail(name, f"model {name}: {problem}")
-        models = states.ready
-        self.metrics.models.labels("ready").set(sum(len(v) for v in models.values()))
-        self.metrics.models.labels("failed").set(len(states.failed))
-        if states.failed and self.config.exit_on_error:
-            raise SystemExit(
-                f"{len(states.failed)} model(s) failed to load: "
-                + "; ".join(f"{name}: {why}" for name, why in sorted(states.failed.items()))
-                + " (fix them, or start with --exit-on-error false to serve the others)"
-            )
-        if not models:
-            raise SystemExit(f"no model could be loaded from {self.config.model_repo}")
-        marker = repository.read_default_model(self.config.model_repo)
-        if not self.config.default_model and marker:
-            self.config = replace(self.config, default_model=marker)
-        c = self.config
-        if c.default_model and c.default_model not in {**models, **states.failed}:
-            raise SystemExit(f"default model {c.default_model!r} not in {sorted(models)}")
-        try:
-            generator = noise.resolve_generator(c.noise_generator)
-        except ValueError as exc:
-            raise SystemExit(f"cannot start: {exc}") from None
-        for versions in models.values():
-            for model in versions.values():
-                batch = await choose_batch_size(self.backend, model, c.batch_size)
-                scheduler = BatchScheduler(
-                    model, self.backend, self.metrics, batch.size, c.effective_pipeline_depth,
-                    c.noise_threads_for(self.backend.uses_host_cpu), generator, batch.source,
-                )  # fmt: skip
-                log.info("model %s version %s: %s; noise: %s", model.name, model.version,
-                         batch.describe(), scheduler.noise.generator)  # fmt: skip
-                scheduler.start()
-                self.schedulers[(model.name, model.version)] = scheduler
-        try:
-            signer = Signer.from_settings(c.signing_key, c.signing_key_pem)
-        except ValueError as exc:
-            raise SystemExit(f"cannot start: {exc}") from None
-        self.plane = plane = DataPlane(
-            models, self.schedulers, c, self.metrics, self.admission, states.failed,
-            self.backend.name, signer,
-        )  # fmt: skip
+            engine = await build_engine(self.config, self.metrics, self.backend, self.admission)
+        except EngineError as exc:
+            raise SystemExit(str(exc)) from None
+        self.engine, self.config, c = engine, engine.config, engine.config
+        self.schedulers, self.plane = engine.schedulers, engine.plane
+        plane, models = engine.plane, engine.plane.models
 
         try:
             tokens = tokens_from_config(c)
@@ -224,9 +180,10 @@ class Server:
             await self.rest.stop()
         await self.metrics.stop()
         tracing.shutdown()
-        for scheduler in self.schedulers.values():
-            await scheduler.close()
-        await self.backend.close()
+        if self.engine is not None:
+            await self.engine.close()
+        else:
+            await self.backend.close()
 
 
 async def serve(config: ServerConfig) -> None:
