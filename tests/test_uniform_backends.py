@@ -158,7 +158,7 @@ def test_torch_backend_draws_uniform_noise(torch_client):
 
 def test_torch_backend_radius_approaches_the_truth(torch_client):
     for d in (0.1, -0.3):
-        r = torch_client.predict("halfplane", half_plane_point(d), n=200_000, alpha=0.001)
+        r = torch_client.predict("halfplane", half_plane_point(d), n0=2000, n=200_000, alpha=0.001)
         assert r.prediction == (d > 0) and abs(d) - 0.01 < r.radius <= abs(d), (d, r.radius)
 
 
