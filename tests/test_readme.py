@@ -248,9 +248,18 @@ def test_compose_table_lists_every_service_with_its_image():
 
 
 def test_image_install_text_is_the_dockerfiles():
+    """The default image (FASTNOISE=0) installs the server's extras without fastnoise; the
+    fast-noise variant (--build-arg FASTNOISE=1) adds it; the docs name both specs."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    (spec,) = re.findall(r'pip install [^\n]*"(\.\[[\w,]+\])"', dockerfile)
-    assert f"installs `{spec}`" in operations_section("The container image")
+    (default,) = re.findall(r"(?m)^ARG FASTNOISE=(\w+)$", dockerfile)
+    extras = dict(re.findall(r'(?m)^ +(\w+)\) extras="([\w,]+)" ;;', dockerfile))
+    assert re.search(r'pip install [^\n]*"\.\[\$extras\]"', dockerfile)
+    assert set(extras) == {"0", "1"} and default == "0"
+    spec, fast = f".[{extras['0']}]", f".[{extras['1']}]"
+    assert "fastnoise" not in extras["0"].split(",") and "fastnoise" in extras["1"].split(",")
+    image = operations_section("The container image")
+    assert f"installs `{spec}`" in image
+    assert f"`{fast}`" in image and "--build-arg FASTNOISE=1" in image
     assert f"installs `{spec}`" in operations_section("Kubernetes and KServe")
     runtime = (ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text()
     assert f"`{spec}`" in runtime.split("\napiVersion")[0]  # the header comment

@@ -14,6 +14,9 @@ request on the model uses floating-point-sound noise (the server's ``sound_noise
 also checks at load that the noise can be built for the config), and
 ``smoothserve_batch_size`` (a positive integer, written by ``smoothserve-tune-batch``): the
 noisy samples per backend batch unless ``--batch-size`` overrides it (``batch_tuning.py``).
+Which version folders are served is Triton's ``version_policy`` (``VersionPolicy``): the latest
+one unless the config says ``latest { num_versions: N }``, ``all {}`` or ``specific { versions:
+[...] }``.
 
 The file is parsed by protobuf's ``text_format`` against ``schema/model_config.proto`` (the
 fields of Triton's ModelConfig that SmoothServe reads), so any config Triton accepts parses
@@ -35,7 +38,7 @@ from google.protobuf import json_format, text_format
 
 from .families import DEFAULT as DEFAULT_FAMILY
 from .families import FAMILIES, NoiseFamily, family
-from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
+from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig, ModelVersionPolicy
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
@@ -58,6 +61,65 @@ MAX_LABELS = 100_000
 
 
 MODEL_FILE = "model.onnx"  # <name>/<version>/model.onnx
+MAX_POLICY_VERSIONS = 1_000  # versions a policy may name or keep
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Triton's ``version_policy``: which of a model's version folders are served. ``latest``
+    (the default, with ``num_versions`` 1): the highest ``num_versions`` versions; ``all``:
+    every one; ``specific``: those listed in ``versions`` that exist."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int] | set[int] | tuple[int, ...]) -> set[int]:
+        """The versions served out of those ``available``."""
+        if self.kind == "all":
+            return set(available)
+        if self.kind == "specific":
+            return set(available) & set(self.versions)
+        return set(sorted(available)[-self.num_versions:])
+
+    def problems(self) -> list[str]:
+        if self.kind == "latest" and not 1 <= self.num_versions <= MAX_POLICY_VERSIONS:
+            return [f"version_policy latest num_versions must lie in [1, {MAX_POLICY_VERSIONS}], "
+                    f"got {self.num_versions}"]  # fmt: skip
+        if self.kind == "specific" and not (
+            1 <= len(self.versions) <= MAX_POLICY_VERSIONS and min(self.versions) >= 0
+        ):
+            return [f"version_policy specific must list 1 to {MAX_POLICY_VERSIONS} versions, "
+                    "each at least 0"]  # fmt: skip
+        return []
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {self.num_versions}"
+        if self.kind == "specific":
+            return "specific " + ", ".join(map(str, self.versions))
+        return "all"
+
+    def to_proto(self) -> ModelVersionPolicy:
+        policy = ModelVersionPolicy()
+        if self.kind == "latest":
+            policy.latest.num_versions = self.num_versions
+        elif self.kind == "all":
+            policy.all.SetInParent()
+        else:
+            policy.specific.versions.extend(self.versions)
+        return policy
+
+    @classmethod
+    def from_proto(cls, policy: ModelVersionPolicy) -> VersionPolicy:
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return cls("all")
+        if kind == "specific":
+            return cls("specific", versions=tuple(sorted(set(policy.specific.versions))))
+        if kind == "latest":
+            return cls("latest", num_versions=policy.latest.num_versions)
+        return cls()
 
 
 def sha256_of(path: Path) -> str:
@@ -96,6 +158,7 @@ class SmoothModelConfig:
     sound_noise: bool = False  # floating-point-sound noise for every request (sound_noise.py)
     batch_size: int = 0  # noisy samples per backend batch; 0: measured at load (batch_tuning.py)
     noise_family: str = DEFAULT_FAMILY  # smoothcert.families
+    version_policy: VersionPolicy = VersionPolicy()  # the version folders served
 
     @property
     def family(self) -> NoiseFamily:
@@ -167,6 +230,7 @@ class SmoothModelConfig:
             found.append(
                 f"{BATCH_SIZE_PARAMETER} must lie in [1, max_batch_size], got {self.batch_size}"
             )
+        found.extend(self.version_policy.problems())
         return found
 
     def check(self) -> SmoothModelConfig:
@@ -200,6 +264,8 @@ class SmoothModelConfig:
         config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
         config.dynamic_batching.max_queue_delay_microseconds = 200
         config.instance_group.add(count=self.instance_count, kind=InstanceGroup.KIND_AUTO)
+        if self.version_policy != VersionPolicy():  # the default is left out, as Triton writes
+            config.version_policy.CopyFrom(self.version_policy.to_proto())
         for key, value in params.items():
             config.parameters[key].string_value = value
         return config
@@ -210,20 +276,14 @@ class SmoothModelConfig:
     @classmethod
     def from_pbtxt(cls, text: str) -> SmoothModelConfig:
         """Parse and check a ``config.pbtxt``; ModelConfigError says what and, for syntax, where."""
-        try:
-            config = text_format.Parse(text, ModelConfig(), allow_unknown_field=True)
-        except text_format.ParseError as exc:
-            raise ModelConfigError(f"not a valid config.pbtxt: {_short(str(exc))}") from None
-        return cls.from_proto(config)
+        parse = lambda: text_format.Parse(text, ModelConfig(), allow_unknown_field=True)  # noqa: E731
+        return cls.from_proto(_parsed(parse, text_format.ParseError, "config.pbtxt"))
 
     @classmethod
     def from_dict(cls, raw: dict) -> SmoothModelConfig:
         """Parse and check Triton's JSON model config (``get_model_config(as_json=True)``)."""
-        try:
-            config = json_format.ParseDict(raw, ModelConfig(), ignore_unknown_fields=True)
-        except json_format.ParseError as exc:
-            raise ModelConfigError(f"not a valid model config: {_short(str(exc))}") from None
-        return cls.from_proto(config)
+        parse = lambda: json_format.ParseDict(raw, ModelConfig(), ignore_unknown_fields=True)  # noqa: E731
+        return cls.from_proto(_parsed(parse, json_format.ParseError, "model config"))
 
     @classmethod
     def from_proto(cls, config: ModelConfig) -> SmoothModelConfig:
@@ -277,6 +337,7 @@ class SmoothModelConfig:
             sound_noise=BOOLEANS[sound],
             batch_size=batch_size,
             noise_family=noise_family,
+            version_policy=VersionPolicy.from_proto(config.version_policy),
         ).check()
 
     def write(self, model_dir: Path) -> Path:
@@ -284,6 +345,13 @@ class SmoothModelConfig:
         path = model_dir / "config.pbtxt"
         path.write_text(self.to_pbtxt())
         return path
+
+
+def _parsed(parse, error: type[Exception], what: str) -> ModelConfig:
+    try:
+        return parse()
+    except error as exc:
+        raise ModelConfigError(f"not a valid {what}: {_short(str(exc))}") from None
 
 
 def _json(params: dict[str, str], key: str, default):
