@@ -222,6 +222,8 @@ def test_config_numbers_are_bounded_before_anything_is_allocated(changes, field)
 def test_only_canonical_version_folders_are_versions(tmp_path):
     repo = tmp_path / "repo"
     write_good(repo)
+    config = repo / "good" / "config.pbtxt"  # every version served (the default: the latest)
+    config.write_text(config.read_text() + "version_policy { all {} }\n")
     model = repo / "good" / "1" / "model.onnx"
     for version in VERSIONS:
         (repo / "good" / version).mkdir()

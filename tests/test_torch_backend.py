@@ -233,7 +233,7 @@ def test_half_precision_falls_back_when_it_disagrees(twin_repo) -> None:
     model = latest(asyncio.run(backend.start()).ready["linear"])
     path = Path(model.path).parent / "model.pt"
     probe = backend._probe_batch(model)
-    reference = backend._networks[("linear", "1")].module(probe).argmax(1)
+    reference = backend._networks[model.key].module(probe).argmax(1)
     backend.half_max_disagreement = 1.0
     assert backend._try_half(model, path, probe, reference).dtype == torch.float16
     backend.half_max_disagreement = -1.0  # any disagreement at all is too much

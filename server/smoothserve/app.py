@@ -171,7 +171,9 @@ class Server:
         if not drained:
             log.warning("grace period over: cancelling %d requests", self.admission.requests)
             over = ShuttingDown("the server shut down before this request finished; retry")
-            for scheduler in self.schedulers.values():
+            # retired versions too (model control): their requests are still admitted
+            schedulers = self.engine.all_schedulers() if self.engine else self.schedulers.values()
+            for scheduler in schedulers:
                 scheduler.fail_all(over)
             await self.admission.drain(1.0)  # let them send their status
         if self.grpc_server:

@@ -16,11 +16,14 @@ from .records import server_version
 ENV_PREFIX = "SMOOTHSERVE_"
 
 
-def _option(default, help: str, type=None, choices=None, secret: bool = False):  # noqa: A002
-    """A config field; ``secret`` keeps the value out of ``repr`` (and so out of logs)."""
+def _option(default, help: str, type=None, choices=None, secret: bool = False,  # noqa: A002
+            append: bool = False):  # fmt: skip
+    """A config field; ``secret`` keeps the value out of ``repr`` (and so out of logs);
+    ``append``: the flag may be repeated, its values (tuples) joined."""
     return field(
-        default=default, repr=not secret, metadata={"help": help, "type": type, "choices": choices}
-    )
+        default=default, repr=not secret,
+        metadata={"help": help, "type": type, "choices": choices, "append": append},
+    )  # fmt: skip
 
 
 def _bool(value: str) -> bool:
@@ -85,6 +88,9 @@ class ServerConfig:
     signing_key: Path | None = _option(None, "PEM Ed25519 private key (PKCS#8, unencrypted) that signs certificate records; `smoothserve-key generate` makes one. Unset (and no --signing-key-pem): a key for this process only, with a warning.", Path)
     signing_key_pem: str = _option("", "The signing key itself as PEM text, for deployments that inject secrets as environment variables; prefer the variable to the flag.", str, secret=True)
     model_load_timeout_s: float = _option(60.0, "Seconds one model version may take to load (onnxruntime backend: building the session and running a probe batch); a model that takes longer fails (see --exit-on-error) and its probe is stopped, though a session still being built finishes in the background.", float)
+    model_control_mode: str = _option("none", "How models are loaded, as Triton's --model-control-mode: none (every model of the repository at start-up, no changes after), poll (the same, then the repository is polled every --repository-poll-secs: a model added, changed or removed is loaded, reloaded or unloaded) or explicit (only the --load-model ones at start-up, then the repository extension's load and unload calls). onnxruntime and torch backends only.", str, ("none", "poll", "explicit"))
+    repository_poll_secs: float = _option(15.0, "Poll mode: seconds between two polls of the model repository.", float)
+    load_model: tuple[str, ...] = _option((), "Explicit mode: a model to load at start-up; repeat the flag (or separate names by commas) for several, '*' for all.", _csv, append=True)
     exit_on_error: bool = _option(True, "Exit at start-up when a model fails to load (as Triton's --exit-on-error); false: serve the others and report the failed ones in ListModels, GetModelInfo and the smoothserve_models metric.", _bool)
     otlp_endpoint: str = _option("", "OpenTelemetry: export spans (admission, sampling, statistics per request) to this OTLP/gRPC collector, e.g. http://collector:4317 (https for TLS); empty: no tracing. Needs the `tracing` extra.", str)
     ready_file: Path | None = _option(None, "Write the bound ports here as JSON once serving (for tests and supervisors).", Path)
@@ -126,6 +132,7 @@ class ServerConfig:
             parser.add_argument(
                 cls.flag_name(f.name),
                 dest=f.name,
+                action="append" if f.metadata["append"] else "store",
                 type=f.metadata["type"],
                 choices=f.metadata["choices"],
                 default=None,
@@ -142,6 +149,8 @@ class ServerConfig:
         values = {}
         for f in fields(cls):
             value = getattr(args, f.name)
+            if value is not None and f.metadata["append"]:  # each flag's tuple, joined
+                value = tuple(v for part in value for v in part)
             if value is None and cls.env_name(f.name) in environ:
                 raw = environ[cls.env_name(f.name)]
                 try:
@@ -214,6 +223,13 @@ class ServerConfig:
             found.append("http_header_timeout_s and http_body_timeout_s must lie in (0, 3600]")
         if self.http_max_connections < 1:
             found.append("http_max_connections must be at least 1")
+        if self.model_control_mode != "none" and self.backend == "triton":
+            found.append("--model-control-mode poll or explicit needs a backend that loads the "
+                         "repository (onnxruntime, torch); Triton has its own model control")
+        if self.load_model and self.model_control_mode != "explicit":
+            found.append("--load-model needs --model-control-mode explicit")
+        if not 0 < self.repository_poll_secs <= 86_400:
+            found.append("repository_poll_secs must lie in (0, 86400]")
         if not 0 <= self.max_connection_age_s < 2**31 / 1000:  # gRPC takes it as int32 ms
             found.append("max_connection_age_s must lie in [0, 2147483)")
         return found

@@ -4,10 +4,12 @@ the scheduler, and applies the statistics. It knows nothing of gRPC."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -27,7 +29,7 @@ from .errors import (
     ModelFailed,
     NotFound,
 )
-from .metrics import Metrics
+from .metrics import Metrics, ModelStats
 from .noise import noise_generator
 from .records import Signer, certificate_record
 from .repository import ModelVersion, latest
@@ -78,6 +80,9 @@ class DataPlane:
             config.max_samples_in_flight, config.max_concurrent_requests, metrics
         )
         self.signer = signer or Signer.from_settings(config.signing_key, config.signing_key_pem)
+        self._holds: dict[BatchScheduler, int] = {}  # requests running on each scheduler
+        self._idle: dict[BatchScheduler, asyncio.Event] = {}  # set when its last one ends
+        self.control = None  # engine.ModelControl: the repository extension's calls
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         check_request_bounds(name, version, 0)
@@ -143,7 +148,7 @@ class DataPlane:
             min_n=cfg.min_n,
             batch_size=scheduler.batch_size,
             batch_size_source=scheduler.batch_source,
-            noise_generator=scheduler.noise.generator,
+            noise_generator=scheduler.generator,
         )
 
     def signing_key(self) -> SigningKey:
@@ -151,6 +156,71 @@ class DataPlane:
 
     def list_models(self) -> list[ModelInfo]:
         return [self.model_info(name) for name in sorted({*self.models, *self.failed})]
+
+    # -- the model tables under model control (engine.ModelControl) ---------------------------
+
+    @contextlib.contextmanager
+    def holding(self, scheduler: BatchScheduler) -> Iterator[None]:
+        """Mark ``scheduler`` in use by one request for the duration of the block."""
+        self._holds[scheduler] = self._holds.get(scheduler, 0) + 1
+        try:
+            yield
+        finally:
+            self._holds[scheduler] -= 1
+            if not self._holds[scheduler]:
+                del self._holds[scheduler]
+                idle = self._idle.pop(scheduler, None)
+                if idle is not None:
+                    idle.set()
+
+    async def idle(self, scheduler: BatchScheduler) -> None:
+        """Return once no request holds ``scheduler`` (at once if none does)."""
+        if scheduler in self._holds:
+            await self._idle.setdefault(scheduler, asyncio.Event()).wait()
+
+    def requests_on(self, scheduler: BatchScheduler) -> int:
+        return self._holds.get(scheduler, 0)
+
+    def replace_model(
+        self, name: str, versions: dict[str, ModelVersion],
+        schedulers: dict[str, BatchScheduler], failure: str | None = None,
+    ) -> list[tuple[ModelVersion, BatchScheduler]]:  # fmt: skip
+        """Serve ``versions`` of ``name`` with their ``schedulers`` (none: stop serving it;
+        ``failure``: say why it failed), in one step of the event loop: a request sees the old
+        tables or the new ones, never a mix. Returns the versions and schedulers no longer
+        served, for the caller to retire once their requests finish."""
+        old = self.models.get(name, {})
+        gone = [
+            (model, self.schedulers[(name, version)])
+            for version, model in old.items()
+            if version not in versions or schedulers[version] is not self.schedulers[(name, version)]
+        ]
+        for version in old:
+            self.schedulers.pop((name, version), None)
+        for version, scheduler in schedulers.items():
+            self.schedulers[(name, version)] = scheduler
+        if versions:
+            self.models[name] = dict(sorted(versions.items(), key=lambda v: int(v[0])))
+        else:
+            self.models.pop(name, None)
+        if failure is None:
+            self.failed.pop(name, None)
+        else:
+            self.failed[name] = failure
+        return gone
+
+    def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, ModelStats]]:
+        """(name, version, statistics) of every served version, of a model's, or of one."""
+        check_request_bounds(name, version)
+        if not name:
+            if version:
+                raise InvalidArgument("a version needs a model name")
+            keys = sorted(self.schedulers, key=lambda k: (k[0], int(k[1])))
+        else:
+            model = self.resolve(name, version)
+            versions = [version] if version else sorted(self.models[model.name], key=int)
+            keys = [(model.name, v) for v in versions]
+        return [(n, v, self.schedulers[(n, v)].stats) for n, v in keys]
 
     def request_started(self) -> None:
         self.metrics.in_progress.inc()
@@ -168,6 +238,24 @@ class DataPlane:
     async def predict(self, request: PredictInput) -> PredictResult:
         started = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
+        # The version and its scheduler are taken once, here: a request admitted before an
+        # unload or a reload (model control) finishes on the version it started on, whose
+        # scheduler is closed only once no request holds it (``holding``, ``idle``).
+        scheduler = self.schedulers[(model.name, model.version)]
+        sampling = [0.0]  # seconds spent waiting for samples
+        with self.holding(scheduler):
+            try:
+                result = await self._predict(request, model, scheduler, started, sampling)
+            except BaseException:
+                scheduler.stats.request(False, time.perf_counter() - started, sampling[0])
+                raise
+        scheduler.stats.request(True, time.perf_counter() - started, sampling[0])
+        return result
+
+    async def _predict(
+        self, request: PredictInput, model: ModelVersion, scheduler: BatchScheduler,
+        started: float, sampling: list[float],
+    ) -> PredictResult:  # fmt: skip
         mode, n0, n, alpha = self.sampling_plan(request)
         procedure, plan = self.procedure_plan(request, model, n, alpha)
         sound = self.sound_plan(request, model)
@@ -180,12 +268,13 @@ class DataPlane:
             x = decode_input(request, model)
             if sound:
                 x = await sound_input(request, model, x)
-            scheduler = self.schedulers[(model.name, model.version)]
             rng = noise_generator(request.seed)
 
             async def draw(num: int) -> np.ndarray:
+                began = time.perf_counter()
                 with span("sampling", samples=num):
                     counts = await scheduler.count(x, num, rng, ticket.release, sound)
+                sampling[0] += time.perf_counter() - began
                 check_counts(counts, num, model)
                 return counts
 
@@ -234,15 +323,20 @@ class DataPlane:
             norm=plan.family.norm,
         )
         with span("sign"):
-            return self.signed(result, request)
+            return self.signed(result, request, model, scheduler)
 
-    def signed(self, result: PredictResult, request: PredictInput) -> PredictResult:
+    def signed(
+        self, result: PredictResult, request: PredictInput, model: ModelVersion | None = None,
+        scheduler: BatchScheduler | None = None,
+    ) -> PredictResult:  # fmt: skip
         """The result with its certificate record and the record's signature (``records.py``):
         the record binds the served model's smoothing config and the look plan (the server's
-        first look; the cap is where the result's schedule ends)."""
-        scheduler = self.schedulers[(result.model_name, result.model_version)]
-        generator = "pcg64" if result.sound_noise else scheduler.noise.generator
-        model = self.models[result.model_name][result.model_version]
+        first look; the cap is where the result's schedule ends). ``model`` and ``scheduler``:
+        those the request ran on (default: the ones served now under its name and version)."""
+        key = (result.model_name, result.model_version)
+        scheduler = scheduler or self.schedulers[key]
+        generator = "pcg64" if result.sound_noise else scheduler.generator
+        model = model or self.models[key[0]][key[1]]
         record = certificate_record(
             result, hashlib.sha256(request.data).hexdigest(), tuple(request.shape),
             request.dtype, self.signer.key_id, noise_generator=generator,
@@ -267,7 +361,7 @@ class DataPlane:
                 "sound noise exists for Gaussian noise only"
             )
         scheduler = self.schedulers[(model.name, model.version)]
-        if sound and not scheduler.noise.supports_sound_noise:
+        if sound and not scheduler.supports_sound_noise:
             raise FailedPrecondition(
                 f"model {model.name!r} has its noise drawn outside this server (backend "
                 f"{self.backend_name!r}: on its device, or by a Triton sampler), which has no "

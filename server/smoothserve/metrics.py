@@ -9,6 +9,8 @@ import gzip
 import logging
 import platform
 import threading
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 
 from aiohttp import web
@@ -42,6 +44,7 @@ BATCH_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 SAMPLE_BUCKETS = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
                   1_000_000)  # fmt: skip
+MAX_BATCH_STATS = 64  # batch sizes itemized in a version's statistics (batch_stats)
 RADIUS_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 # Every reason admission refuses a request for (admission.py), each series made at start-up so
@@ -145,6 +148,16 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
+    def record_batch(self, model: str, backend: str, samples: int, batch_size: int,
+                     backend_seconds: float, stats: ModelStats) -> None:  # fmt: skip
+        """One backend batch of ``samples`` noisy samples of ``model``: the Prometheus metrics
+        (by model) and the version's ``stats`` (the statistics extension) in one place."""
+        self.backend_latency.labels(model, backend).observe(backend_seconds)
+        self.noisy_samples.labels(model).inc(samples)
+        self.batch_size.labels(model).observe(samples)
+        self.batch_fill.labels(model).observe(samples / batch_size)
+        stats.batch(samples, backend_seconds)
+
     def serve(self, host: str, port: int, limits: HttpLimits | None = None) -> int:
         """Start the /metrics HTTP server on a thread of its own; return the bound port (0 picks
         one). ``stop()`` closes it."""
@@ -155,6 +168,88 @@ class Metrics:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+
+@dataclass
+class Duration:
+    """A count of events and their total time in nanoseconds (Triton's StatisticDuration)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += max(0, round(seconds * 1e9))
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    """One model version's statistics since it was loaded, as the Open Inference Protocol's
+    statistics extension reports them (Triton's ModelStatistics, docs/api.md):
+
+    - ``inference_count``: noisy samples classified (each sample is one inference of the base
+      network, as Triton counts each element of a batch); ``execution_count``: backend batches;
+    - ``success``/``fail``: Predict requests answered or failed, and their time in the server;
+    - ``queue``: sampling jobs' wait in the scheduler for their first batch;
+    - ``compute_infer``: the backend's time per batch; ``batches``: the same by batch size
+      (the first ``MAX_BATCH_STATS`` sizes seen: a batch's size varies with the requests in it);
+    - ``compute_output``: certification (the statistics and the signed record) per request,
+      the time a request spent outside sampling.
+    """
+
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0  # milliseconds since the epoch of the last answer
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, Duration] = field(default_factory=dict)
+
+    def batch(self, samples: int, backend_seconds: float) -> None:
+        self.inference_count += samples
+        self.execution_count += 1
+        self.compute_infer.add(backend_seconds)
+        if samples in self.batches or len(self.batches) < MAX_BATCH_STATS:
+            self.batches.setdefault(samples, Duration()).add(backend_seconds)
+
+    def queued(self, seconds: float) -> None:
+        self.queue.add(seconds)
+
+    def request(self, succeeded: bool, seconds: float, sampling_seconds: float) -> None:
+        """A Predict request on this version ended after ``seconds``, ``sampling_seconds`` of
+        them waiting for samples; a successful one's remainder is its certification."""
+        self.last_inference_ms = int(time.time() * 1000)
+        if succeeded:
+            self.success.add(seconds)
+            self.compute_output.add(max(0.0, seconds - sampling_seconds))
+        else:
+            self.fail.add(seconds)
+
+    def to_json(self, name: str, version: str) -> dict:
+        """Triton's JSON form of ModelStatistics (REST ``/v2/models/.../stats``; the gRPC
+        message is parsed from it)."""
+        zero = Duration().to_json()
+        inference = {
+            "success": self.success.to_json(), "fail": self.fail.to_json(),
+            "queue": self.queue.to_json(), "compute_input": zero,
+            "compute_infer": self.compute_infer.to_json(),
+            "compute_output": self.compute_output.to_json(), "cache_hit": zero, "cache_miss": zero,
+        }  # fmt: skip
+        return {
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": inference,
+            "batch_stats": [
+                {"batch_size": size, "compute_input": zero, "compute_infer": d.to_json(),
+                 "compute_output": zero}
+                for size, d in sorted(self.batches.items())
+            ],  # fmt: skip
+        }
 
 
 def build_labels() -> tuple[str, str, str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .sound_noise import check_sound_config
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
+NOT_IN_REPOSITORY = "not found in the repository"
 MAX_VERSION = 2**63 - 1  # versions travel as int64 (Triton) and as strings of <= 19 digits
 # An absolute path left in a reason once the repository's own prefix is gone: its last part
 # stays, so the reason still says which file, and the host's layout does not leak.
@@ -34,6 +36,12 @@ class ModelVersion:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What a backend keys the loaded network by: a reloaded version folder with another
+        file is another network, and requests admitted before the reload finish on the old."""
+        return self.config.name, self.version, self.sha256
 
 
 @dataclass
@@ -76,39 +84,72 @@ def is_version_name(name: str) -> bool:
     )
 
 
-def scan(repo: Path) -> ModelStates:
-    """All models of a repository, each with a checked config, or the reason it cannot be served.
+def scan(repo: Path, names: Iterable[str] | None = None) -> ModelStates:
+    """The models of a repository (all, or those in ``names``), each with a checked config and
+    the versions its version policy serves, or the reason it cannot be served.
 
-    Every failure names the file at fault, so an operator can fix it from one log line.
+    Every failure names the file at fault, so an operator can fix it from one log line. A name
+    with no folder fails with "not found in the repository".
     """
     repo = Path(repo)
     if not repo.is_dir():
         raise NotFound(f"model repository {repo} does not exist")
     states = ModelStates(root=repo)
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
-        config_path = model_dir / "config.pbtxt"
-        shown = f"{model_dir.name}/config.pbtxt"  # relative to the repository
-        try:
-            config = check_sound_config(SmoothModelConfig.from_pbtxt(config_path.read_text()))
-        except OSError as exc:
-            states.fail(model_dir.name, f"{shown}: {exc.strerror or exc}")
-            continue
-        except (ModelConfigError, UnicodeDecodeError) as exc:
-            states.fail(model_dir.name, f"{shown}: {exc}")
-            continue
-        if config.name != model_dir.name:
-            states.fail(model_dir.name, f"{shown}: names the model {config.name!r}")
-            continue
-        versions = {
-            v.name: ModelVersion(config, v.name, sha256_of(v / MODEL_FILE), v / MODEL_FILE)
-            for v in version_folders(model_dir)
-            if (v / MODEL_FILE).is_file()
-        }
-        if versions:
-            states.ready[config.name] = versions
+    present = model_names(repo)
+    for name in sorted(present if names is None else set(names)):
+        if name in present:
+            read_model(repo / name, states)
         else:
-            states.fail(model_dir.name, f"{model_dir.name}: no <version>/{MODEL_FILE}")
+            states.fail(name, f"model {name!r} {NOT_IN_REPOSITORY}")
     return states
+
+
+def model_names(repo: Path) -> set[str]:
+    """The model folders of a repository (any other file, DEFAULT_MODEL included, is ignored)."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise NotFound(f"model repository {repo} does not exist")
+    return {p.name for p in repo.iterdir() if p.is_dir()}
+
+
+def read_model(model_dir: Path, states: ModelStates) -> None:
+    """One model folder into ``states``: ready with the versions its policy serves, or failed."""
+    config_path = model_dir / "config.pbtxt"
+    shown = f"{model_dir.name}/config.pbtxt"  # relative to the repository
+    try:
+        config = check_sound_config(SmoothModelConfig.from_pbtxt(config_path.read_text()))
+    except OSError as exc:
+        return states.fail(model_dir.name, f"{shown}: {exc.strerror or exc}")
+    except (ModelConfigError, UnicodeDecodeError) as exc:
+        return states.fail(model_dir.name, f"{shown}: {exc}")
+    if config.name != model_dir.name:
+        return states.fail(model_dir.name, f"{shown}: names the model {config.name!r}")
+    found = {int(v.name): v for v in version_folders(model_dir) if (v / MODEL_FILE).is_file()}
+    if not found:
+        return states.fail(model_dir.name, f"{model_dir.name}: no <version>/{MODEL_FILE}")
+    policy = config.version_policy
+    chosen = policy.select(set(found))
+    if not chosen:
+        return states.fail(model_dir.name, f"{shown}: version_policy {policy.describe()} selects "
+                           f"none of the versions {sorted(found)}")  # fmt: skip
+    states.ready[config.name] = {
+        str(v): ModelVersion(config, str(v), sha256_of(found[v] / MODEL_FILE), found[v] / MODEL_FILE)
+        for v in sorted(chosen)
+    }
+
+
+def fingerprint(model_dir: Path) -> tuple:
+    """What poll mode compares between two polls: every file of a model folder (path, size and
+    modification time), so a changed config, network or version folder reloads the model."""
+    entries = []
+    for path in sorted(Path(model_dir).rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while listed: the next poll sees the rest
+            continue
+        if path.is_file():
+            entries.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 def version_folders(model_dir: Path) -> list[Path]:

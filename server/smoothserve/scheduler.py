@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import BadState, Unavailable
-from .metrics import Metrics
+from .metrics import Metrics, ModelStats
 from .repository import ModelVersion
 from .sampling import NoiseStrategy, Segment, noise_strategy
 
@@ -56,6 +57,7 @@ class _Job:
     in_flight: int = 0
     done: bool = field(default=False)
     on_classified: Callable[[int], None] | None = None
+    enqueued: float = field(default_factory=time.perf_counter)  # its wait is the queue time
 
     def finish(self, error: BaseException | None = None) -> None:
         self.done = True
@@ -94,6 +96,16 @@ class BatchScheduler:
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._closed_with: BaseException | None = None
+        self.stats = ModelStats()  # this version's statistics (the OIP statistics extension)
+
+    @property
+    def generator(self) -> str:
+        """What draws this model's noise: "ars5" or "pcg64" (host), "device", "remote"."""
+        return self.noise.generator
+
+    @property
+    def supports_sound_noise(self) -> bool:
+        return self.noise.supports_sound_noise
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name=f"scheduler-{self.model.name}")
@@ -188,6 +200,8 @@ class BatchScheduler:
             share = max(smallest, math.ceil(space / len(waiting)))
             share = -(-share // self.noise.quantum) * self.noise.quantum  # whole blocks
             for job in waiting:
+                if not job.assigned:  # its first batch: the job's wait in the queue ends
+                    self.stats.queued(time.perf_counter() - job.enqueued)
                 take = min(share, job.remaining, space)
                 start, taken = segments.get(job, (job.assigned, 0))
                 segments[job] = (start, taken + take)
@@ -213,12 +227,8 @@ class BatchScheduler:
             batch = [Segment(job.x, job.noise, start, take) for job, start, take in segments]
             result = await self.noise.classify(batch)
             refused = result.refused
-            self.metrics.backend_latency.labels(name, self.backend.name).observe(
-                result.backend_seconds
-            )
-            self.metrics.noisy_samples.labels(name).inc(size)
-            self.metrics.batch_size.labels(name).observe(size)
-            self.metrics.batch_fill.labels(name).observe(size / self.batch_size)
+            self.metrics.record_batch(name, self.backend.name, size, self.batch_size,
+                                      result.backend_seconds, self.stats)  # fmt: skip
             takes = [take for _, _, take in segments]
             if result.counts is not None:
                 votes_of = self._checked_counts(result.counts, takes)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$smoothcert/schema/model_config.proto\x12\x12smoothserve.schema\"Y\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"r\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\"U\n\x0f\x44ynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"\xb3\x01\n\rInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.smoothserve.schema.InstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xcc\x03\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12-\n\x05input\x18\x05 \x03(\x0b\x32\x1e.smoothserve.schema.ModelInput\x12/\n\x06output\x18\x06 \x03(\x0b\x32\x1f.smoothserve.schema.ModelOutput\x12=\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.smoothserve.schema.DynamicBatching\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.smoothserve.schema.InstanceGroup\x12\x43\n\nparameters\x18\x0e \x03(\x0b\x32/.smoothserve.schema.ModelConfig.ParametersEntry\x1aU\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smoothserve.schema.ModelParameter:\x02\x38\x01*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$smoothcert/schema/model_config.proto\x12\x12smoothserve.schema\"Y\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"r\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\"U\n\x0f\x44ynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"\xb3\x01\n\rInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.smoothserve.schema.InstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xab\x02\n\x12ModelVersionPolicy\x12?\n\x06latest\x18\x01 \x01(\x0b\x32-.smoothserve.schema.ModelVersionPolicy.LatestH\x00\x12\x39\n\x03\x61ll\x18\x02 \x01(\x0b\x32*.smoothserve.schema.ModelVersionPolicy.AllH\x00\x12\x43\n\x08specific\x18\x03 \x01(\x0b\x32/.smoothserve.schema.ModelVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"\x8c\x04\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12>\n\x0eversion_policy\x18\x03 \x01(\x0b\x32&.smoothserve.schema.ModelVersionPolicy\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12-\n\x05input\x18\x05 \x03(\x0b\x32\x1e.smoothserve.schema.ModelInput\x12/\n\x06output\x18\x06 \x03(\x0b\x32\x1f.smoothserve.schema.ModelOutput\x12=\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.smoothserve.schema.DynamicBatching\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.smoothserve.schema.InstanceGroup\x12\x43\n\nparameters\x18\x0e \x03(\x0b\x32/.smoothserve.schema.ModelConfig.ParametersEntry\x1aU\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smoothserve.schema.ModelParameter:\x02\x38\x01*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1040
-  _globals['_DATATYPE']._serialized_end=1290
+  _globals['_DATATYPE']._serialized_start=1406
+  _globals['_DATATYPE']._serialized_end=1656
   _globals['_MODELINPUT']._serialized_start=60
   _globals['_MODELINPUT']._serialized_end=149
   _globals['_MODELOUTPUT']._serialized_start=151
@@ -47,8 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCEGROUP_KIND']._serialized_end=534
   _globals['_MODELPARAMETER']._serialized_start=536
   _globals['_MODELPARAMETER']._serialized_end=574
-  _globals['_MODELCONFIG']._serialized_start=577
-  _globals['_MODELCONFIG']._serialized_end=1037
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=952
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=1037
+  _globals['_MODELVERSIONPOLICY']._serialized_start=577
+  _globals['_MODELVERSIONPOLICY']._serialized_end=876
+  _globals['_MODELVERSIONPOLICY_LATEST']._serialized_start=792
+  _globals['_MODELVERSIONPOLICY_LATEST']._serialized_end=822
+  _globals['_MODELVERSIONPOLICY_ALL']._serialized_start=824
+  _globals['_MODELVERSIONPOLICY_ALL']._serialized_end=829
+  _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_start=831
+  _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_end=859
+  _globals['_MODELCONFIG']._serialized_start=879
+  _globals['_MODELCONFIG']._serialized_end=1403
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=1318
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)

@@ -5,12 +5,14 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 
+from .. import repository
 from ..repository import ModelStates, ModelVersion
 
 T = TypeVar("T")
@@ -37,15 +39,42 @@ class Backend(ABC):
     """
 
     name: str
+    model_repo: Path  # a repository backend's (``start`` scans it)
     generates_noise: bool = False
     uses_host_cpu: bool = False  # the networks run on this process's CPU cores
+    # Loads models from the repository one at a time (``load_model``/``unload_model``), so the
+    # engine can load and unload them at runtime (--model-control-mode); a backend that
+    # discovers its models elsewhere (Triton) answers ``connect`` with them instead.
+    model_control: bool = False
 
-    @abstractmethod
     async def start(self) -> ModelStates:
         """Load or discover models: those ready to serve, and why the others failed.
 
         A model is ready only once its network was checked against its config (input shape,
-        output name, one logit per label), so no certificate comes from a mismatched pair."""
+        output name, one logit per label), so no certificate comes from a mismatched pair.
+        A repository backend loads each model of its repository with ``load_model``, as the
+        engine does at runtime."""
+        discovered = await self.connect()
+        if discovered is not None:
+            return discovered
+        states = repository.scan(self.model_repo)
+        for name in list(states.ready):
+            await self.load_model(states, name)
+        return states
+
+    async def connect(self) -> ModelStates | None:
+        """Get ready to load models; a backend that discovers its models (Triton) returns them,
+        a repository backend None: the engine then loads each one with ``load_model``."""
+        return None
+
+    async def load_model(self, states: ModelStates, name: str) -> None:
+        """Load every version of ``states.ready[name]``; on a failure, unload those loaded and
+        fail the model in ``states`` (``states.fail``) with the reason."""
+        raise NotImplementedError(f"backend {self.name!r} does not load models one by one")
+
+    def unload_model(self, model: ModelVersion) -> None:
+        """Drop the network of ``model`` (its ``key``); no request uses it any more."""
+        return None
 
     @abstractmethod
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ import onnxruntime as ort
 
 from smoothcert.model_config import ModelConfigError
 
-from .. import repository
 from ..repository import ModelStates, ModelVersion
 from .base import (
     DEFAULT_LOAD_TIMEOUT_S,
@@ -37,6 +36,7 @@ def default_providers() -> list[str]:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    model_control = True
 
     def __init__(
         self,
@@ -60,36 +60,41 @@ class OnnxRuntimeBackend(Backend):
         self.uses_host_cpu = cpu_only
         runs = 1 if cpu_only else max_concurrent_batches
         self._executor = ThreadPoolExecutor(runs, thread_name_prefix="ort")
-        self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
+        self._sessions: dict[tuple[str, str, str], ort.InferenceSession] = {}
 
-    async def start(self) -> ModelStates:
+    async def load_model(self, states: ModelStates, name: str) -> None:
         """Each version is loaded (session built, probe batch run) in a thread of its own, for
         at most ``load_timeout_s``: a network that never finishes (an ONNX Loop of 10**12
         turns) fails its model instead of hanging start-up. Past the limit the probe's run is
         terminated (ONNX Runtime's ``RunOptions.terminate``, checked between operators); a
         session still being built cannot be stopped and is abandoned to finish on its own."""
-        states = repository.scan(self.model_repo)
-        for name, versions in list(states.ready.items()):
-            for model in versions.values():
-                log.info("loading model %s version %s", name, model.version)
-                probe = ort.RunOptions()
-                probe.log_severity_level = 4  # a terminated run is reported below, not by ORT
+        loaded = []
+        for model in states.ready[name].values():
+            log.info("loading model %s version %s", name, model.version)
+            probe = ort.RunOptions()
+            probe.log_severity_level = 4  # a terminated run is reported below, not by ORT
 
-                def stop(run: ort.RunOptions = probe) -> None:
-                    run.terminate = True
+            def stop(run: ort.RunOptions = probe) -> None:
+                run.terminate = True
 
-                try:
-                    self._sessions[(name, model.version)] = await within(
-                        self.load_timeout_s, lambda m=model, r=probe: self._load(m, r), stop
-                    )
-                except LoadTimeout as exc:
-                    states.fail(name, f"model {name} version {model.version}: loading {exc} "
-                                      "(--model-load-timeout-s)")  # fmt: skip
-                    break
-                except Exception as exc:  # a corrupt file raises whatever ONNX Runtime raises
-                    states.fail(name, f"{model.path}: {first_line(exc)}")
-                    break
-        return states
+            try:
+                self._sessions[model.key] = await within(
+                    self.load_timeout_s, lambda m=model, r=probe: self._load(m, r), stop
+                )
+                loaded.append(model)
+            except LoadTimeout as exc:
+                states.fail(name, f"model {name} version {model.version}: loading {exc} "
+                                  "(--model-load-timeout-s)")  # fmt: skip
+                break
+            except Exception as exc:  # a corrupt file raises whatever ONNX Runtime raises
+                states.fail(name, f"{model.path}: {first_line(exc)}")
+                break
+        if name in states.failed:
+            for model in loaded:
+                self.unload_model(model)
+
+    def unload_model(self, model: ModelVersion) -> None:
+        self._sessions.pop(model.key, None)
 
     def _load(
         self, model: ModelVersion, run_options: ort.RunOptions | None = None
@@ -129,7 +134,7 @@ class OnnxRuntimeBackend(Backend):
         return session
 
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        session = self._sessions[(model.name, model.version)]
+        session = self._sessions[model.key]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._argmax, session, model, batch)
 

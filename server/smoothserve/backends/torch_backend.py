@@ -23,7 +23,6 @@ import torch
 
 from smoothcert.families import NoiseFamily
 
-from .. import repository
 from ..noise import GAUSSIAN, noise_generator
 from ..repository import ModelStates, ModelVersion
 from .base import Backend, NoisySegment, check_logits, first_line
@@ -65,6 +64,7 @@ class TorchBackend(Backend):
     graph, may change FP32's argmax before it is refused."""
 
     name = "torch"
+    model_control = True
     generates_noise = True
 
     def __init__(
@@ -88,23 +88,28 @@ class TorchBackend(Backend):
         self.batch_size = batch_size
         self.half_max_disagreement = half_max_disagreement
         self._executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="torch")
-        self._networks: dict[tuple[str, str], _Network] = {}
+        self._networks: dict[tuple[str, str, str], _Network] = {}
 
-    async def start(self) -> ModelStates:
-        states = repository.scan(self.model_repo)
-        for name, versions in list(states.ready.items()):
-            for version, model in versions.items():
-                path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
-                if path is None or not path.is_file():
-                    states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
-                                      "(run python -m smoothtrain.torchscript)")  # fmt: skip
-                    break
-                try:
-                    self._networks[(name, version)] = self._load(model, path)
-                except Exception as exc:  # a corrupt file raises whatever torch raises
-                    states.fail(name, f"{path}: {first_line(exc)}")
-                    break
-        return states
+    async def load_model(self, states: ModelStates, name: str) -> None:
+        loaded = []
+        for model in states.ready[name].values():
+            path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
+            if path is None or not path.is_file():
+                states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
+                                  "(run python -m smoothtrain.torchscript)")  # fmt: skip
+                break
+            try:
+                self._networks[model.key] = self._load(model, path)
+                loaded.append(model)
+            except Exception as exc:  # a corrupt file raises whatever torch raises
+                states.fail(name, f"{path}: {first_line(exc)}")
+                break
+        if name in states.failed:
+            for model in loaded:
+                self.unload_model(model)
+
+    def unload_model(self, model: ModelVersion) -> None:
+        self._networks.pop(model.key, None)
 
     def _load(self, model: ModelVersion, path: Path) -> _Network:
         shape = tuple(model.config.input_shape)
@@ -170,7 +175,7 @@ class TorchBackend(Backend):
         return module
 
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        network = self._networks[(model.name, model.version)]
+        network = self._networks[model.key]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._classify_batch, network, batch)
 
@@ -180,7 +185,7 @@ class TorchBackend(Backend):
             return self._argmax(network, inputs, len(batch))
 
     async def classify_noisy(self, model: ModelVersion, segments: list[NoisySegment]) -> np.ndarray:
-        network = self._networks[(model.name, model.version)]
+        network = self._networks[model.key]
         noise = (model.config.sigma, model.config.family)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(

@@ -114,7 +114,9 @@ class TritonBackend(Backend):
 
     # --- start-up: discovery ---------------------------------------------------------------
 
-    async def start(self) -> ModelStates:
+    async def connect(self) -> ModelStates:
+        """The smoothed models Triton serves: Triton loads and unloads them (its own model
+        control), so this server's --model-control-mode stays none with this backend."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         up = await self.pool.connect_all()

@@ -21,7 +21,7 @@ import numpy as np
 
 from smoothserve_client.types import ModelInfo, PredictResult
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, Unavailable
 from ..request import (
     CERTIFY,
     MODES,
@@ -49,6 +49,8 @@ OPTION_TYPES = {"mode": str, "procedure": str, "n0": int, "n": int, "seed": int,
 CONFIG_TYPES = {"INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP64": "TYPE_FP64",
                 "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}  # fmt: skip
 MAX_OUTPUTS = 64
+# Triton's protocol extensions served on both doors (REST adds binary_tensor_data)
+EXTENSIONS = ("parameters", "model_repository", "statistics")
 MAX_PARAMETERS = 64
 
 
@@ -221,3 +223,22 @@ def model_config(info: ModelInfo) -> dict:
         "output": [{"name": n, "data_type": CONFIG_TYPES[d], "dims": s}
                    for n, d, s in metadata_outputs(info)],
     }  # fmt: skip
+
+
+def repository_control(plane, repository_name: str = ""):
+    """The engine's ModelControl for the repository extension; SmoothServe has one repository
+    (--model-repo), named by no name."""
+    if repository_name:
+        raise InvalidArgument("this server has one model repository: leave repository_name empty")
+    if plane.control is None:
+        raise Unavailable("this server has no model control")
+    return plane.control
+
+
+def check_load_parameters(parameters) -> None:
+    """Triton's load may carry a config or files to load instead of the repository's: refused
+    (a certified model is the one in the repository, whose config the record binds)."""
+    if parameters:
+        raise InvalidArgument("load parameters (a config or files to load) are not supported: "
+                              "load the model as the repository holds it")  # fmt: skip
+

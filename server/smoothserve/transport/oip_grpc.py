@@ -65,8 +65,10 @@ def input_values(request: oip_pb.ModelInferRequest) -> tuple[str, list[int], byt
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
-    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and
-    ModelInfer; the other methods of Triton's service answer UNIMPLEMENTED."""
+    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
+    ModelInfer, ModelStatistics and the model repository extension (RepositoryIndex,
+    RepositoryModelLoad, RepositoryModelUnload); the other methods of Triton's service answer
+    UNIMPLEMENTED."""
 
     def __init__(self, plane: DataPlane, ready: Callable[[], bool]) -> None:
         self.plane = plane
@@ -87,7 +89,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):
         return oip_pb.ServerMetadataResponse(name="smoothserve", version=server_version(),
-                                             extensions=["parameters"])  # fmt: skip
+                                             extensions=list(oip.EXTENSIONS))  # fmt: skip
 
     async def ModelMetadata(self, request, context):
         try:
@@ -149,18 +151,44 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context):
         await unimplemented(context, "ModelStreamInfer (streaming inference); use ModelInfer")
 
+    # The statistics and model repository extensions (docs/api.md): the engine's
+    # ModelControl and each version's statistics (metrics.ModelStats), as REST gives them.
+
     async def ModelStatistics(self, request, context):
-        await unimplemented(context, "ModelStatistics; the server's metrics are on its "
-                                     "Prometheus endpoint")  # fmt: skip
+        try:
+            stats = self.plane.statistics(request.name, request.version)
+        except SmoothServeError as error:
+            await context.abort(grpc_status(error), str(error))
+        body = {"model_stats": [s.to_json(name, version) for name, version, s in stats]}
+        return json_format.ParseDict(body, oip_pb.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request, context):
-        await unimplemented(context, "RepositoryIndex (the model repository extension)")
+        try:
+            control = oip.repository_control(self.plane, request.repository_name)
+        except SmoothServeError as error:
+            await context.abort(grpc_status(error), str(error))
+        model_index = oip_pb.RepositoryIndexResponse.ModelIndex
+        return oip_pb.RepositoryIndexResponse(models=[
+            model_index(name=e.name, version=e.version, state=e.state, reason=e.reason)
+            for e in control.index(request.ready)
+        ])  # fmt: skip
 
     async def RepositoryModelLoad(self, request, context):
-        await unimplemented(context, "RepositoryModelLoad (the model repository extension)")
+        try:
+            control = oip.repository_control(self.plane, request.repository_name)
+            oip.check_load_parameters(request.parameters)
+            await control.request_load(request.model_name)
+        except SmoothServeError as error:
+            await context.abort(grpc_status(error), str(error))
+        return oip_pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
-        await unimplemented(context, "RepositoryModelUnload (the model repository extension)")
+        try:
+            control = oip.repository_control(self.plane, request.repository_name)
+            await control.request_unload(request.model_name)
+        except SmoothServeError as error:
+            await context.abort(grpc_status(error), str(error))
+        return oip_pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(self, request, context):
         await unimplemented(context, SHARED_MEMORY.format("SystemSharedMemoryStatus"))

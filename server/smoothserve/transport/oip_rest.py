@@ -46,6 +46,7 @@ def from_error(error: SmoothServeError) -> web.Response:
 # bodies are refused before they are parsed (parsing holds the event loop's GIL).
 JSON_BYTES_PER_VALUE = 40
 JSON_OVERHEAD_BYTES = 64 * 1024
+REPOSITORY_BODY_BYTES = 64 * 1024  # a repository call's JSON body (parameters, ready)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,12 @@ class RestServer:
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         self.app.add_routes([
+            # before /v2/models/{name}, which would take "stats" for a model's name
+            web.get("/v2/models/stats", self.statistics),
+            web.post("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{name}/load", self.load_model),
+            web.post("/v2/repository/models/{name}/unload", self.unload_model),
+            *[web.get(base + "/stats", self.statistics) for base in (model, versioned)],
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.server_ready),
             web.get("/v2", self.server_metadata),
@@ -234,7 +241,7 @@ class RestServer:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": "smoothserve", "version": server_version(),
-                                  "extensions": ["parameters", "binary_tensor_data"]})  # fmt: skip
+                                  "extensions": [*oip.EXTENSIONS, "binary_tensor_data"]})  # fmt: skip
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
@@ -267,6 +274,61 @@ class RestServer:
             return web.json_response({"ready": False}, status=400)
         ready = self.ready() and info.state == "READY"
         return web.json_response({"ready": ready}, status=200 if ready else 400)
+
+    # -- the statistics and model repository extensions (docs/api.md) -------------------------
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        try:
+            stats = self.plane.statistics(request.match_info.get("name", ""),
+                                          request.match_info.get("version", ""))  # fmt: skip
+        except SmoothServeError as error:
+            return from_error(error)
+        return web.json_response(
+            {"model_stats": [s.to_json(name, version) for name, version, s in stats]}
+        )
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._small_json(request)
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("ready must be a boolean")
+            control = oip.repository_control(self.plane)
+        except SmoothServeError as error:
+            return from_error(error)
+        return web.json_response([
+            {"name": e.name, **({"version": e.version} if e.version else {}), "state": e.state,
+             **({"reason": e.reason} if e.reason else {})}
+            for e in control.index(ready)
+        ])  # fmt: skip
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._small_json(request)
+            oip.check_load_parameters(_object(body.get("parameters"), "parameters"))
+            await oip.repository_control(self.plane).request_load(request.match_info["name"])
+        except SmoothServeError as error:
+            return from_error(error)
+        return web.Response(status=200)
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._small_json(request)
+            _object(body.get("parameters"), "parameters")  # unload_dependents: no dependents
+            await oip.repository_control(self.plane).request_unload(request.match_info["name"])
+        except SmoothServeError as error:
+            return from_error(error)
+        return web.Response(status=200)
+
+    async def _small_json(self, request: web.Request) -> dict:
+        """A repository call's optional JSON body (at most REPOSITORY_BODY_BYTES)."""
+        if (request.content_length or 0) > REPOSITORY_BODY_BYTES:
+            raise InvalidArgument(f"the request body is over {REPOSITORY_BODY_BYTES} bytes")
+        body = await self._read_body(request)
+        if not body.strip():
+            return {}
+        header, _ = split_body(body, None, REPOSITORY_BODY_BYTES)
+        return header
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
