@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from smoothcert.model_config import BATCH_SIZE_PARAMETER, SmoothModelConfig
 
 from .backends import create_backend
@@ -155,3 +157,92 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the cores of a model whose noise is drawn on the same CPU as its network ------------------
+
+SPLIT_GAIN = 1.05  # give the noise its own cores only when that is expected 5 % faster
+SPLIT_SECONDS = 0.2  # per measurement: host noise, then the network on all cores
+SPLIT_ROWS = 64  # rows per timed call: enough to amortise a call, cheap for large inputs
+# A network slower than this per call of SPLIT_ROWS rows keeps every core unmeasured: heavy
+# networks scale with cores and dwarf their noise (a ResNet-20 halves on one core of two).
+SPLIT_SLOW_CALL_S = 0.25
+
+
+@dataclass(frozen=True)
+class CoreSplit:
+    intra_op_threads: int  # 0: the network keeps every core (ONNX Runtime's default)
+    noise_rate: float  # samples/s the noise threads draw alone
+    network_rate: float  # samples/s the network classifies alone, on every core
+    split_rate: float  # samples/s it classifies on the cores the noise leaves
+
+    def describe(self) -> str:
+        kept = "all cores" if not self.intra_op_threads else f"{self.intra_op_threads} core(s)"
+        return (f"network on {kept} (alone: noise {self.noise_rate:,.0f}/s, network "
+                f"{self.network_rate:,.0f}/s on all cores, {self.split_rate:,.0f}/s on the "
+                "rest)")  # fmt: skip
+
+
+def core_split(
+    noise_rate: float, network_rate: float, split_rate: float, cores: int, noise_threads: int
+) -> int:
+    """ONNX Runtime's intra-op threads for a network sharing ``cores`` with ``noise_threads``
+    threads of host noise: 0 (every core) unless the noise is better off with cores of its own.
+
+    Sharing every core, noise and network mostly take turns: about 1 / (1/noise + 1/network)
+    samples/s (``network_rate`` on every core). With cores - noise_threads cores for the
+    network (where it runs at ``split_rate``), they run side by side at min(noise, split).
+    Slow noise beside a fast network (the Fashion-MNIST CNN with NumPy's PCG64 on two cores)
+    gains from the split; a slow network (a ResNet-20) or fast noise (ARS-5) keeps every core
+    for the network."""
+    if cores <= noise_threads or min(noise_rate, network_rate, split_rate) <= 0:
+        return 0
+    shared = 1.0 / (1.0 / noise_rate + 1.0 / network_rate)
+    split = min(noise_rate, split_rate)
+    return cores - noise_threads if split > SPLIT_GAIN * shared else 0
+
+
+async def measure_core_split(
+    backend: Backend, model: ModelVersion, batch_size: int, generator: str, noise_threads: int,
+    cores: int,
+) -> CoreSplit:  # fmt: skip
+    """Time the model's host noise (one thread, scaled by ``noise_threads``) and its network
+    on every core and on the cores the noise would leave, each alone for about
+    ``SPLIT_SECONDS``; choose with ``core_split`` and leave the backend's session built for
+    the choice (``set_intra_op_threads``)."""
+    from .noise import noise_generator, noise_stream
+
+    shape, rows = model.config.input_shape, min(batch_size, SPLIT_ROWS)
+    clean = probe_batch(model.config, rows)
+    out = np.empty_like(clean)
+
+    def noise_rate() -> float:
+        stream, start, began = noise_stream(noise_generator(), shape, generator,
+                                            family=model.config.family), 0, time.perf_counter()  # fmt: skip
+        while start == 0 or time.perf_counter() - began < SPLIT_SECONDS:
+            for piece, drawn in stream.pieces(out, start):
+                stream.fill(piece, clean[0], model.config.sigma, drawn)
+            start += rows
+        return noise_threads * start / (time.perf_counter() - began)
+
+    async def network_rate() -> float:
+        calls, began = 0, time.perf_counter()
+        while calls < 2 or time.perf_counter() - began < SPLIT_SECONDS:
+            await backend.classify(model, clean)
+            calls += 1
+        return calls * rows / (time.perf_counter() - began)
+
+    if cores <= noise_threads:
+        return CoreSplit(0, 0.0, 0.0, 0.0)
+    began = time.perf_counter()
+    await backend.classify(model, clean)  # warm-up, and a first look at the network's speed
+    if time.perf_counter() - began > SPLIT_SLOW_CALL_S:
+        return CoreSplit(0, 0.0, rows / (time.perf_counter() - began), 0.0)
+    noise = await asyncio.to_thread(noise_rate)
+    everywhere = await network_rate()
+    backend.set_intra_op_threads(model, cores - noise_threads)
+    split = await network_rate()
+    threads = core_split(noise, everywhere, split, cores, noise_threads)
+    if not threads:
+        backend.set_intra_op_threads(model, 0)
+    return CoreSplit(threads, noise, everywhere, split)

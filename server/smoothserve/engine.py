@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field, replace
 
 from . import noise, repository
 from .admission import Admission
 from .backends import create_backend
 from .backends.base import Backend
-from .batch_tuning import choose_batch_size
+from .batch_tuning import CoreSplit, choose_batch_size, measure_core_split
 from .config import ServerConfig
 from .dataplane import DataPlane
 from .errors import ModelFailed, NotFound, SmoothServeError, Unavailable
@@ -150,14 +151,37 @@ class ModelControl:
     async def _scheduler(self, model: ModelVersion) -> BatchScheduler:
         c = self.config
         batch = await choose_batch_size(self.backend, model, c.batch_size)
+        noise_threads = c.noise_threads_for(self.backend.uses_host_cpu)
+        split = await self._split_cores(model, batch.size, noise_threads)
         scheduler = BatchScheduler(
             model, self.backend, self.metrics, batch.size, c.effective_pipeline_depth,
-            c.noise_threads_for(self.backend.uses_host_cpu), self.generator, batch.source,
+            noise_threads, self.generator, batch.source,
         )  # fmt: skip
-        log.info("model %s version %s: %s; noise: %s", model.name, model.version,
-                 batch.describe(), scheduler.noise.generator)  # fmt: skip
+        log.info("model %s version %s: %s; noise: %s%s", model.name, model.version,
+                 batch.describe(), scheduler.generator,
+                 f"; {split.describe()}" if split else "")  # fmt: skip
         scheduler.start()
         return scheduler
+
+    async def _split_cores(
+        self, model: ModelVersion, batch_size: int, noise_threads: int
+    ) -> CoreSplit | None:
+        """When the model's noise is drawn on the cores its network runs on and the operator
+        left ONNX Runtime's threads to the server (``--intra-op-threads 0``), give the noise
+        cores of its own if that is measured faster (``batch_tuning.core_split``)."""
+        backend = self.backend
+        shares_cores = (
+            backend.uses_host_cpu and not backend.generates_noise
+            and backend.remote_sampling(model) is None
+        )  # fmt: skip
+        if not shares_cores or self.config.intra_op_threads or not hasattr(
+            backend, "set_intra_op_threads"
+        ):
+            return None
+        cores = len(os.sched_getaffinity(0))
+        return await measure_core_split(
+            backend, model, batch_size, self.generator, noise_threads, cores
+        )
 
     # -- unloading -----------------------------------------------------------------------------
 

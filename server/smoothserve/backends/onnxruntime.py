@@ -96,11 +96,19 @@ class OnnxRuntimeBackend(Backend):
     def unload_model(self, model: ModelVersion) -> None:
         self._sessions.pop(model.key, None)
 
+    def set_intra_op_threads(self, model: ModelVersion, threads: int) -> None:
+        """Rebuild the model's session with ``threads`` intra-op threads (0: one per core),
+        for a network that shares the CPU with host noise (``batch_tuning.core_split``)."""
+        self._sessions[model.key] = self._load(model, intra_op_threads=threads)
+
     def _load(
-        self, model: ModelVersion, run_options: ort.RunOptions | None = None
-    ) -> ort.InferenceSession:
+        self, model: ModelVersion, run_options: ort.RunOptions | None = None,
+        intra_op_threads: int | None = None,
+    ) -> ort.InferenceSession:  # fmt: skip
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = (
+            self.intra_op_threads if intra_op_threads is None else intra_op_threads
+        )
         # Idle ONNX Runtime workers would otherwise spin and take the cores the noise thread
         # needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
