@@ -27,7 +27,7 @@ sys.exit(0 if 'smoothserve-verify' in m.distribution('smoothserve').entry_points
   rm -rf smoothserve.egg-info  # the old layout's; the server's is now server/smoothserve.egg-info
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-  -c requirements/constraints.txt -e "./clients[verify,cli,plot]" -e ./dev -e ./export \
-  -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  -c requirements/constraints.txt -e "./clients[verify,cli,plot]" -e . -e ./dev -e ./export \
+  2>&1 | grep -v "^WARNING: Location" || true
 echo "dev environment ready; running pytest"
 "$VENV/bin/python" -m pytest "$@"

@@ -23,9 +23,9 @@ SIGMA = 0.5
 
 
 def require_tritonserver() -> None:
-    """Skip without nvidia-pytriton, except in CI (which installs .[dev]): there, fail."""
+    """Skip without nvidia-pytriton, except in CI (whose scripts/test.sh installs ./dev): there, fail."""
     if tritonserver_home() is None:
-        reason = "nvidia-pytriton (bundled tritonserver) is not installed; pip install -e '.[dev]'"
+        reason = "nvidia-pytriton (bundled tritonserver) is not installed; pip install -e ./dev"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

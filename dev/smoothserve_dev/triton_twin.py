@@ -149,7 +149,7 @@ class TritonProcess:
     ) -> None:
         home = tritonserver_home()
         if home is None:
-            raise RuntimeError("nvidia-pytriton is not installed (pip install -e '.[dev]')")
+            raise RuntimeError("nvidia-pytriton is not installed (pip install -e ./dev, as scripts/test.sh does)")
         self.home = home
         self.model_repository = Path(model_repository)
         self.start_timeout = start_timeout
