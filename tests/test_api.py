@@ -56,7 +56,9 @@ def test_seed_reproduces_counts_and_no_seed_does_not(client) -> None:
     c = client.predict("linear", x, n=5_000)
     d = client.predict("linear", x, n=5_000)
     assert a.counts == b.counts and a.selection_counts == b.selection_counts
-    assert len({a.counts, c.counts, d.counts}) == 3
+    # Fresh noise: the selection and estimation counts together differ (the estimation counts
+    # alone, with a standard deviation of about 35, coincide about one time in 130).
+    assert len({(r.selection_counts, r.counts) for r in (a, c, d)}) == 3
 
 
 def test_uint8_input_is_scaled_to_the_value_range(client) -> None:
