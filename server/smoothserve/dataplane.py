@@ -36,6 +36,7 @@ from .repository import ModelVersion, latest
 from .request import (  # noqa: F401 - PREDICT..MAX_RANK: the request's names, re-exported
     CERTIFY,
     DTYPES,
+    FIXED_N,
     MAX_NAME_CHARS,
     MAX_RANK,
     PREDICT,
@@ -49,7 +50,6 @@ from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
 log = logging.getLogger(__name__)
-FIXED_N = PROCEDURES[0]
 # Anytime certificates stop starting looks this long before the deadline, on top of the time
 # the next look is expected to take (measured from the looks before it).
 ANSWER_MARGIN_S = 0.02
