@@ -120,6 +120,12 @@ def _dataset_parser() -> argparse.ArgumentParser:
         "dataset-fashion-mnist), then data/fashion-mnist-slice of a checkout",
     )
     parser.add_argument("--split", choices=("train", "test"), default="test")
+    parser.add_argument(
+        "--resize", type=int,
+        help="imagefolder: shorter side before the center crop to the model's input size "
+        "(default: the input size for images already that size, else size * 256 / 224, "
+        "torchvision's Resize(256) + CenterCrop(224) for ImageNet)",
+    )  # fmt: skip
     parser.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
     parser.add_argument("--max", type=int, default=100, help="certify at most this many images")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
@@ -132,6 +138,16 @@ def _dataset_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(args: argparse.Namespace, input_shape: tuple[int, ...] | None):
+    """The dataset, or the exit status of a failure already reported."""
+    try:
+        return load_dataset(args.dataset, args.data_dir, args.split, input_shape, args.resize)
+    except ModuleNotFoundError as error:
+        return _missing_cli_extra(error)
+    except (OSError, ValueError) as error:
+        return _fail(str(error))
+
+
 def certify_dataset_main(argv: list[str] | None = None) -> int:
     args = _dataset_parser().parse_args(argv)
 
@@ -139,21 +155,29 @@ def certify_dataset_main(argv: list[str] | None = None) -> int:
 
     if sys.stderr.isatty() and importlib.util.find_spec("tqdm") is None:  # the progress bar
         return _fail(f"no module named 'tqdm'; {CLI_EXTRA}")
-    try:
-        dataset = load_dataset(args.dataset, args.data_dir, args.split)
-    except ModuleNotFoundError as error:
-        return _missing_cli_extra(error)
-    except (OSError, ValueError) as error:
-        return _fail(str(error))
-    indices = np.arange(0, len(dataset), args.skip)[: args.max].tolist()
+    # An image folder is read at the model's input shape, so after asking the server for it;
+    # any other dataset is checked before connecting.
+    dataset = None if args.dataset == "imagefolder" else _load(args, None)
+    if isinstance(dataset, int):
+        return dataset
     with SmoothServeClient(args.server, timeout=args.timeout, token=args.token) as client:
         try:
             info = client.model_info(args.model)
+        except SmoothServeError as error:
+            return _fail(str(error), code=1)
+        if dataset is None:
+            dataset = _load(args, info.input_shape)
+            if isinstance(dataset, int):
+                return dataset
+        indices = np.arange(0, len(dataset), args.skip)[: args.max].tolist()
+        try:
             rows = certify_dataset(
                 client, info.name, dataset, indices, args.n0, args.n, args.alpha,
                 concurrency=args.concurrency, seed=args.seed, options=sequential_options(args),
                 records_dir=args.records_dir,
             )  # fmt: skip
+        except (OSError, ValueError) as error:  # an unreadable image, found when certified
+            return _fail(str(error))
         except SmoothServeError as error:
             return _fail(str(error), code=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

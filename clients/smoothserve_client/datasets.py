@@ -145,35 +145,92 @@ def load_image(path: Path | str, channels: int | None = None) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
 
 
-def load_image_folder(root: Path | str, channels: int = 3, size: int | None = None) -> Dataset:
-    """An ImageFolder tree: one sub-directory per class, sorted by name as torchvision does."""
+class ImageFiles:
+    """Images read from files when indexed, through ``transform``: a folder of 50,000 ImageNet
+    images is never held in memory at once, only the ones certified."""
+
+    def __init__(self, files: list[Path], channels: int | None, transform) -> None:
+        self.files, self.channels, self.transform = files, channels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.transform(load_image(self.files[index], self.channels))
+        picked = np.arange(len(self.files))[index]
+        return np.stack([self[int(i)] for i in picked])
+
+
+def load_image_folder(
+    root: Path | str, channels: int | None = 3, size: int | None = None,
+    resize: int | None = None,
+) -> Dataset:  # fmt: skip
+    """An ImageFolder tree: one sub-directory per class, sorted by name as torchvision does
+    (the sorted folder names give the label indices: for ImageNet, the WordNet ids
+    ``n01440764``... in sorted order are the usual class indices 0-999).
+
+    With ``size``, each image goes through torchvision's evaluation transform
+    (``eval_transform``): shorter side resized to ``resize`` (default: ``size`` when the images
+    already have that size, else ``size * 256 / 224`` as ImageNet's ``Resize(256)`` /
+    ``CenterCrop(224)``), then the central ``size`` x ``size`` crop. Images are read when
+    indexed (``ImageFiles``)."""
     root = Path(root)
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
-    images, labels = [], []
+    files, labels = [], []
     for index, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                image = load_image(file, channels)
-                if size is not None and image.shape[1:] != (size, size):
-                    image = _resize(image, size)
-                images.append(image)
+            if file.suffix.lower() in IMAGE_SUFFIXES or file.suffix == ".npy":
+                files.append(file)
                 labels.append(index)
-    if not images:
+    if not files:
         raise FileNotFoundError(f"no images under {root}")
-    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+    if size is None:
+        images = np.stack([load_image(f, channels) for f in files])
+    else:
+        images = ImageFiles(files, channels, lambda image: eval_transform(image, size, resize))
+    return Dataset(images, np.asarray(labels, dtype=np.int64), classes)
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def eval_transform(image: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
+    """torchvision's evaluation transform, ``Resize(resize)`` then ``CenterCrop(size)``, on a
+    uint8 (C, H, W) image: the shorter side becomes ``resize`` (bilinear, as torchvision on PIL
+    images; the longer side ``int(resize * long / short)``), then the central crop, with
+    torchvision's rounding of the offsets. ``resize`` defaults to ``size`` for an image that
+    already has the size (CIFAR: no-op) and to ``round(size * 256 / 224)`` otherwise."""
+    height, width = image.shape[1:]
+    if resize is None:
+        resize = size if (height, width) == (size, size) else round(size * 256 / 224)
+    short, long = sorted((height, width))
+    scaled_long = int(resize * long / short)
+    new_h, new_w = (resize, scaled_long) if height <= width else (scaled_long, resize)
+    if (new_h, new_w) != (height, width):
+        image = _resize(image, (new_w, new_h))
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    if top < 0 or left < 0:
+        raise ValueError(f"cannot crop {size}x{size} out of a {new_h}x{new_w} image")
+    return np.ascontiguousarray(image[:, top : top + size, left : left + size])
+
+
+def _resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 (C, H, W) image to ``size`` (a side, or (width, height))."""
     from PIL import Image
 
+    width, height = (size, size) if isinstance(size, int) else size
     mode = "L" if image.shape[0] == 1 else "RGB"
     pil = Image.fromarray(image[0] if mode == "L" else image.transpose(1, 2, 0), mode)
-    array = np.asarray(pil.resize((size, size)), dtype=np.uint8)
+    array = np.asarray(pil.resize((width, height), Image.BILINEAR), dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
 
 
-def load_dataset(kind: str, root: Path | str | None = None, split: str = "test") -> Dataset:
-    """Dispatch on ``kind``: ``fashion-mnist``, ``cifar10`` or ``imagefolder``."""
+def load_dataset(
+    kind: str, root: Path | str | None = None, split: str = "test",
+    input_shape: tuple[int, ...] | None = None, resize: int | None = None,
+) -> Dataset:  # fmt: skip
+    """Dispatch on ``kind``: ``fashion-mnist``, ``cifar10`` or ``imagefolder``. An image
+    folder with ``input_shape`` (C, H, W; square) is read as the model takes it: C channels,
+    through ``eval_transform`` to H x H (``resize``: the shorter side before the crop)."""
     if kind == "fashion-mnist":
         return load_fashion_mnist(root, split)
     if root is None:
@@ -181,5 +238,12 @@ def load_dataset(kind: str, root: Path | str | None = None, split: str = "test")
     if kind == "cifar10":
         return load_cifar10(root, split)
     if kind == "imagefolder":
-        return load_image_folder(Path(root) / split if (Path(root) / split).is_dir() else root)
+        folder = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
+        if input_shape is None:
+            return load_image_folder(folder)
+        channels, height, width = input_shape
+        if height != width:
+            raise ValueError(f"the model takes {height}x{width} inputs; only square crops are "
+                             "implemented for image folders")  # fmt: skip
+        return load_image_folder(folder, channels, height, resize)
     raise ValueError(f"unknown dataset kind {kind!r}")
