@@ -18,6 +18,13 @@ Which version folders are served is Triton's ``version_policy`` (``VersionPolicy
 one unless the config says ``latest { num_versions: N }``, ``all {}`` or ``specific { versions:
 [...] }``.
 
+A smoothed model may also be a Triton *ensemble* (``platform: "ensemble"``): its
+``ensemble_scheduling`` steps (``EnsembleStep``) name other models of the repository, its
+*components* (a denoiser, then a classifier: denoised smoothing), whose configs carry no
+smoothing parameters (``ComponentConfig``); the smoothing parameters belong to the ensemble.
+The repository checks the chain (``smoothserve.repository``); ``ensemble_sha256`` is the hash
+that binds the composition.
+
 The file is parsed by protobuf's ``text_format`` against ``schema/model_config.proto`` (the
 fields of Triton's ModelConfig that SmoothServe reads), so any config Triton accepts parses
 the same here, and a broken one fails with its line and column. Every value a certificate
@@ -38,7 +45,13 @@ from google.protobuf import json_format, text_format
 
 from .families import DEFAULT as DEFAULT_FAMILY
 from .families import FAMILIES, NoiseFamily, family
-from .schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig, ModelVersionPolicy
+from .schema.model_config_pb2 import (
+    DataType,
+    InstanceGroup,
+    ModelConfig,
+    ModelEnsembling,
+    ModelVersionPolicy,
+)
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 SOUND_NOISE_PARAMETER = "smoothserve_sound_noise"
@@ -62,6 +75,9 @@ MAX_LABELS = 100_000
 
 MODEL_FILE = "model.onnx"  # <name>/<version>/model.onnx
 MAX_POLICY_VERSIONS = 1_000  # versions a policy may name or keep
+ENSEMBLE_PLATFORM = "ensemble"
+MAX_ENSEMBLE_STEPS = 16
+ENSEMBLE_HASH_FORMAT = "smoothserve.ensemble.v1"
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,50 @@ class VersionPolicy:
         return cls()
 
 
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble (Triton's ``ModelEnsembling.Step``): the model it runs, at which
+    version (-1: the latest served) and how its tensors map to the ensemble's: ``input_map``
+    and ``output_map`` hold (the step model's tensor, the ensemble's tensor) pairs, sorted."""
+
+    model_name: str
+    model_version: int = -1
+    input_map: tuple[tuple[str, str], ...] = ()
+    output_map: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_proto(cls, step: ModelEnsembling.Step) -> EnsembleStep:
+        return cls(
+            model_name=step.model_name,
+            model_version=int(step.model_version),
+            input_map=tuple(sorted(step.input_map.items())),
+            output_map=tuple(sorted(step.output_map.items())),
+        )
+
+    def fill(self, step: ModelEnsembling.Step) -> None:
+        step.model_name = self.model_name
+        step.model_version = self.model_version
+        step.input_map.update(dict(self.input_map))
+        step.output_map.update(dict(self.output_map))
+
+
+def steps_of(config: ModelConfig) -> tuple[EnsembleStep, ...]:
+    return tuple(EnsembleStep.from_proto(s) for s in config.ensemble_scheduling.step)
+
+
+def ensemble_sha256(components: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
+    """The hash that binds an ensemble's composition: SHA-256 of the canonical JSON
+    ``{"format": "smoothserve.ensemble.v1", "steps": [{"model": name, "sha256": digest}, ...]}``,
+    with the steps in order, ``digest`` the SHA-256 of that step's ``model.onnx``. Records carry
+    it as the model's ``sha256``; a changed component file changes it."""
+    document = {
+        "format": ENSEMBLE_HASH_FORMAT,
+        "steps": [{"model": name, "sha256": digest} for name, digest in components],
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def sha256_of(path: Path) -> str:
     """SHA-256 (hex) of a file, read in blocks: a model's hash, as records carry it."""
     digest = hashlib.sha256()
@@ -136,7 +196,57 @@ class ModelConfigError(ValueError):
 
 
 class NotSmoothed(ModelConfigError):
-    """A config without the smoothing parameters: another model, which Triton may also serve."""
+    """A config without the smoothing parameters: another model, which Triton may also serve
+    (an ensemble's component, for instance)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's name: "TYPE_FP32"
+    dims: tuple[int, ...]  # without the batch axis; -1: any size
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """Any model's ``config.pbtxt`` read as Triton reads it, smoothing parameters or not: what an
+    ensemble step runs (its tensors, batch size and served versions)."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    version_policy: VersionPolicy = VersionPolicy()
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
+    smoothed: bool = False  # it has the smoothing parameters (a model served on its own too)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.platform == ENSEMBLE_PLATFORM or bool(self.ensemble_steps)
+
+    @classmethod
+    def from_proto(cls, config: ModelConfig) -> ComponentConfig:
+        def specs(tensors) -> tuple[TensorSpec, ...]:
+            return tuple(
+                TensorSpec(t.name, DataType.Name(t.data_type), tuple(int(d) for d in t.dims))
+                for t in tensors
+            )
+
+        return cls(
+            name=config.name,
+            platform=config.platform or config.backend,
+            max_batch_size=config.max_batch_size,
+            inputs=specs(config.input),
+            outputs=specs(config.output),
+            version_policy=VersionPolicy.from_proto(config.version_policy),
+            ensemble_steps=steps_of(config),
+            smoothed="labels" in config.parameters,
+        )
+
+    @classmethod
+    def from_pbtxt(cls, text: str) -> ComponentConfig:
+        return cls.from_proto(parse_pbtxt(text))
 
 
 @dataclass(frozen=True)
@@ -159,6 +269,12 @@ class SmoothModelConfig:
     batch_size: int = 0  # noisy samples per backend batch; 0: measured at load (batch_tuning.py)
     noise_family: str = DEFAULT_FAMILY  # smoothcert.families
     version_policy: VersionPolicy = VersionPolicy()  # the version folders served
+    # An ensemble's steps (platform "ensemble"): the components run in turn; () for a network
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.platform == ENSEMBLE_PLATFORM or bool(self.ensemble_steps)
 
     @property
     def family(self) -> NoiseFamily:
@@ -231,6 +347,13 @@ class SmoothModelConfig:
                 f"{BATCH_SIZE_PARAMETER} must lie in [1, max_batch_size], got {self.batch_size}"
             )
         found.extend(self.version_policy.problems())
+        if self.platform == ENSEMBLE_PLATFORM and not self.ensemble_steps:
+            found.append('an ensemble (platform "ensemble") needs ensemble_scheduling steps')
+        elif self.ensemble_steps and self.platform != ENSEMBLE_PLATFORM:
+            found.append(f'ensemble_scheduling needs platform "ensemble", got {self.platform!r}')
+        elif len(self.ensemble_steps) > MAX_ENSEMBLE_STEPS:
+            found.append(f"an ensemble has at most {MAX_ENSEMBLE_STEPS} steps, got "
+                         f"{len(self.ensemble_steps)}")  # fmt: skip
         return found
 
     def check(self) -> SmoothModelConfig:
@@ -261,9 +384,13 @@ class SmoothModelConfig:
         config.output.add(
             name=self.output_name, data_type=DataType.TYPE_FP32, dims=[self.num_classes]
         )
-        config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = 200
-        config.instance_group.add(count=self.instance_count, kind=InstanceGroup.KIND_AUTO)
+        if self.is_ensemble:  # Triton's ensemble scheduler: no dynamic batching, no instances
+            for step in self.ensemble_steps:
+                step.fill(config.ensemble_scheduling.step.add())
+        else:
+            config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
+            config.dynamic_batching.max_queue_delay_microseconds = 200
+            config.instance_group.add(count=self.instance_count, kind=InstanceGroup.KIND_AUTO)
         if self.version_policy != VersionPolicy():  # the default is left out, as Triton writes
             config.version_policy.CopyFrom(self.version_policy.to_proto())
         for key, value in params.items():
@@ -276,8 +403,7 @@ class SmoothModelConfig:
     @classmethod
     def from_pbtxt(cls, text: str) -> SmoothModelConfig:
         """Parse and check a ``config.pbtxt``; ModelConfigError says what and, for syntax, where."""
-        parse = lambda: text_format.Parse(text, ModelConfig(), allow_unknown_field=True)  # noqa: E731
-        return cls.from_proto(_parsed(parse, text_format.ParseError, "config.pbtxt"))
+        return cls.from_proto(parse_pbtxt(text))
 
     @classmethod
     def from_dict(cls, raw: dict) -> SmoothModelConfig:
@@ -338,6 +464,7 @@ class SmoothModelConfig:
             batch_size=batch_size,
             noise_family=noise_family,
             version_policy=VersionPolicy.from_proto(config.version_policy),
+            ensemble_steps=steps_of(config),
         ).check()
 
     def write(self, model_dir: Path) -> Path:
@@ -345,6 +472,13 @@ class SmoothModelConfig:
         path = model_dir / "config.pbtxt"
         path.write_text(self.to_pbtxt())
         return path
+
+
+def parse_pbtxt(text: str) -> ModelConfig:
+    """A ``config.pbtxt`` as protobuf (fields SmoothServe does not read are skipped);
+    ModelConfigError gives the line and column of a syntax error."""
+    parse = lambda: text_format.Parse(text, ModelConfig(), allow_unknown_field=True)  # noqa: E731
+    return _parsed(parse, text_format.ParseError, "config.pbtxt")
 
 
 def _parsed(parse, error: type[Exception], what: str) -> ModelConfig:

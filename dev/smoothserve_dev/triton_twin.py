@@ -8,6 +8,12 @@ model that runs the same ``model.onnx`` with ONNX Runtime on the CPU. ``fp16=Tru
 ``TYPE_FP16`` inputs instead (the twin casts to float32 before ONNX Runtime), which is what an
 fp16-input export would declare in production.
 
+An ensemble (``platform: "ensemble"``: a denoiser, then a classifier) keeps its config
+unchanged, with its version folders (Triton's ensemble scheduler runs it in the twin as in
+production); each of its components gets a Python-backend twin like a model's (its config as
+written, the platform swapped), so the same steps run the same ``model.onnx`` files. An
+ensemble's tensors keep their declared types (``fp16`` does not apply to them).
+
 ``samplers=True`` adds each model's sampler (``smoothserve.triton_sampler``, target ``cpu``:
 NumPy PCG64 noise in the sampler's stub, the network run by the twin through BLS), so that
 SmoothServe takes the sampler path for it.
@@ -35,7 +41,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from smoothcert.model_config import SmoothModelConfig
+from smoothcert.model_config import SmoothModelConfig, parse_pbtxt
 from smoothcert.schema.model_config_pb2 import DataType, InstanceGroup
 from smoothserve import repository
 from smoothserve.triton_sampler import write_sampler
@@ -66,6 +72,26 @@ def twin_config(config: SmoothModelConfig, fp16: bool = False, threads: int = 1)
     return text_format.MessageToString(proto)
 
 
+def component_twin_config(text: str, threads: int = 1) -> str:
+    """A component's config (any model's, smoothing parameters or not) with the platform
+    swapped for the Python backend."""
+    proto = parse_pbtxt(text)
+    proto.platform = ""
+    proto.backend = "python"
+    for group in proto.instance_group:
+        group.kind = InstanceGroup.KIND_CPU
+    proto.parameters["twin_threads"].string_value = str(threads)
+    return text_format.MessageToString(proto)
+
+
+def _twin_version(model_py: str, version_dir: Path, model_file: Path) -> None:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.py").write_text(model_py)
+    link = version_dir / repository.MODEL_FILE
+    if not link.exists():
+        link.symlink_to(Path(model_file).resolve())
+
+
 def build_twin_repository(
     model_repo: Path,
     dest: Path,
@@ -83,20 +109,33 @@ def build_twin_repository(
     models = repository.scan(Path(model_repo)).ready
     if only:
         models = {name: versions for name, versions in models.items() if name in only}
+    components: dict[str, dict[str, Path]] = {}  # the ensembles' steps: name -> version -> file
     for name, versions in models.items():
         model_dir = dest / name
         model_dir.mkdir(exist_ok=True)
         config = next(iter(versions.values())).config
-        (model_dir / "config.pbtxt").write_text(twin_config(config, fp16, threads))
-        for version, model in versions.items():
-            version_dir = model_dir / version
-            version_dir.mkdir(exist_ok=True)
-            (version_dir / "model.py").write_text(model_py)
-            link = version_dir / repository.MODEL_FILE
-            if not link.exists():
-                link.symlink_to(Path(model.path).resolve())
+        if config.is_ensemble:  # unchanged: Triton's ensemble scheduler runs the twins' steps
+            source = Path(model_repo) / name
+            (model_dir / "config.pbtxt").write_text((source / "config.pbtxt").read_text())
+            for version, model in versions.items():
+                (model_dir / version).mkdir(exist_ok=True)
+                (model_dir / version / ".keep").touch()  # Triton needs the folder, not a file
+                for step in model.steps:
+                    components.setdefault(step.name, {})[step.version] = step.path
+        else:
+            (model_dir / "config.pbtxt").write_text(twin_config(config, fp16, threads))
+            for version, model in versions.items():
+                _twin_version(model_py, model_dir / version, Path(model.path))
         if samplers:
             write_sampler(config, sorted(versions), dest, "cpu", **(sampler_options or {}))
+    for name, files in components.items():  # a step that is a served model: twinned above
+        model_dir = dest / name
+        if name not in models:
+            model_dir.mkdir(exist_ok=True)
+            text = (Path(model_repo) / name / "config.pbtxt").read_text()
+            (model_dir / "config.pbtxt").write_text(component_twin_config(text, threads))
+        for version, path in files.items():
+            _twin_version(model_py, model_dir / version, path)
     return sorted(models)
 
 

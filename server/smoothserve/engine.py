@@ -26,7 +26,7 @@ from .dataplane import DataPlane
 from .errors import ModelFailed, NotFound, SmoothServeError, Unavailable
 from .metrics import Metrics
 from .records import Signer
-from .repository import NOT_IN_REPOSITORY, ModelStates, ModelVersion
+from .repository import NOT_IN_REPOSITORY, IsComponent, ModelStates, ModelVersion
 from .request import check_request_bounds
 from .scheduler import BatchScheduler
 
@@ -69,6 +69,8 @@ class ModelControl:
     generator: str
     retiring: dict[BatchScheduler, ModelVersion] = field(default_factory=dict)
     unloaded: set[str] = field(default_factory=set)  # names unloaded since start-up
+    # ensembles' components met by a load: not served alone; by name, what they are
+    components: dict[str, str] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _fingerprints: dict[str, tuple] = field(default_factory=dict)
@@ -100,6 +102,14 @@ class ModelControl:
             states = ModelStates(root=repo)
             states.fail(name, str(exc))
         current = self.plane.models.get(name, {})
+        if name in states.components:  # served only through the ensembles that name it
+            self.components[name] = states.components[name]
+            if current or name in self.plane.failed:  # it was a model of its own until now
+                for model, scheduler in self.plane.replace_model(name, {}, {}):
+                    self._retire(model, scheduler)
+                self._count_models()
+            raise IsComponent(f"model {name!r} is {states.components[name]}")
+        self.components.pop(name, None)
         ready = states.ready.get(name, {})
         kept = {v: m for v, m in ready.items() if current.get(v) == m}  # loaded and unchanged
         fresh = ModelStates(failed=states.failed, root=states.root)  # the versions to load
@@ -251,7 +261,7 @@ class ModelControl:
             listed = {*self.plane.models, *self.plane.failed}
             entries += [
                 IndexEntry(name, "", UNAVAILABLE, "unloaded" if name in self.unloaded else
-                           "not loaded")
+                           self.components.get(name, "not loaded"))
                 for name in self._repository_names() - listed
             ]  # fmt: skip
         return sorted(entries, key=lambda e: (e.name, int(e.version or -1), e.state))
@@ -308,6 +318,8 @@ class ModelControl:
                     continue
                 try:
                     await self._load(name)
+                except IsComponent as exc:  # not an error: served through its ensembles
+                    log.info("repository poll: %s", exc)
                 except SmoothServeError as exc:
                     log.error("repository poll: %s", exc)
 

@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$smoothcert/schema/model_config.proto\x12\x12smoothserve.schema\"Y\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"r\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\"U\n\x0f\x44ynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"\xb3\x01\n\rInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.smoothserve.schema.InstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xab\x02\n\x12ModelVersionPolicy\x12?\n\x06latest\x18\x01 \x01(\x0b\x32-.smoothserve.schema.ModelVersionPolicy.LatestH\x00\x12\x39\n\x03\x61ll\x18\x02 \x01(\x0b\x32*.smoothserve.schema.ModelVersionPolicy.AllH\x00\x12\x43\n\x08specific\x18\x03 \x01(\x0b\x32/.smoothserve.schema.ModelVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"\x8c\x04\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12>\n\x0eversion_policy\x18\x03 \x01(\x0b\x32&.smoothserve.schema.ModelVersionPolicy\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12-\n\x05input\x18\x05 \x03(\x0b\x32\x1e.smoothserve.schema.ModelInput\x12/\n\x06output\x18\x06 \x03(\x0b\x32\x1f.smoothserve.schema.ModelOutput\x12=\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.smoothserve.schema.DynamicBatching\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.smoothserve.schema.InstanceGroup\x12\x43\n\nparameters\x18\x0e \x03(\x0b\x32/.smoothserve.schema.ModelConfig.ParametersEntry\x1aU\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smoothserve.schema.ModelParameter:\x02\x38\x01*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$smoothcert/schema/model_config.proto\x12\x12smoothserve.schema\"Y\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"r\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.smoothserve.schema.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\"U\n\x0f\x44ynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"\xb3\x01\n\rInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.smoothserve.schema.InstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xab\x02\n\x12ModelVersionPolicy\x12?\n\x06latest\x18\x01 \x01(\x0b\x32-.smoothserve.schema.ModelVersionPolicy.LatestH\x00\x12\x39\n\x03\x61ll\x18\x02 \x01(\x0b\x32*.smoothserve.schema.ModelVersionPolicy.AllH\x00\x12\x43\n\x08specific\x18\x03 \x01(\x0b\x32/.smoothserve.schema.ModelVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"\xf8\x02\n\x0fModelEnsembling\x12\x36\n\x04step\x18\x01 \x03(\x0b\x32(.smoothserve.schema.ModelEnsembling.Step\x1a\xac\x02\n\x04Step\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12I\n\tinput_map\x18\x03 \x03(\x0b\x32\x36.smoothserve.schema.ModelEnsembling.Step.InputMapEntry\x12K\n\noutput_map\x18\x04 \x03(\x0b\x32\x37.smoothserve.schema.ModelEnsembling.Step.OutputMapEntry\x1a/\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eOutputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe7\x04\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12>\n\x0eversion_policy\x18\x03 \x01(\x0b\x32&.smoothserve.schema.ModelVersionPolicy\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12-\n\x05input\x18\x05 \x03(\x0b\x32\x1e.smoothserve.schema.ModelInput\x12/\n\x06output\x18\x06 \x03(\x0b\x32\x1f.smoothserve.schema.ModelOutput\x12?\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.smoothserve.schema.DynamicBatchingH\x00\x12\x42\n\x13\x65nsemble_scheduling\x18\x0f \x01(\x0b\x32#.smoothserve.schema.ModelEnsemblingH\x00\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.smoothserve.schema.InstanceGroup\x12\x43\n\nparameters\x18\x0e \x03(\x0b\x32/.smoothserve.schema.ModelConfig.ParametersEntry\x1aU\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smoothserve.schema.ModelParameter:\x02\x38\x01\x42\x13\n\x11scheduling_choice*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smoothcert.schema.model_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._loaded_options = None
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_options = b'8\001'
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._loaded_options = None
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_options = b'8\001'
   _globals['_MODELCONFIG_PARAMETERSENTRY']._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1406
-  _globals['_DATATYPE']._serialized_end=1656
+  _globals['_DATATYPE']._serialized_start=1876
+  _globals['_DATATYPE']._serialized_end=2126
   _globals['_MODELINPUT']._serialized_start=60
   _globals['_MODELINPUT']._serialized_end=149
   _globals['_MODELOUTPUT']._serialized_start=151
@@ -55,8 +59,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSIONPOLICY_ALL']._serialized_end=829
   _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_start=831
   _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_end=859
-  _globals['_MODELCONFIG']._serialized_start=879
-  _globals['_MODELCONFIG']._serialized_end=1403
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=1318
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=1403
+  _globals['_MODELENSEMBLING']._serialized_start=879
+  _globals['_MODELENSEMBLING']._serialized_end=1255
+  _globals['_MODELENSEMBLING_STEP']._serialized_start=955
+  _globals['_MODELENSEMBLING_STEP']._serialized_end=1255
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_start=1158
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_end=1205
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_start=1207
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_end=1255
+  _globals['_MODELCONFIG']._serialized_start=1258
+  _globals['_MODELCONFIG']._serialized_end=1873
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=1767
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=1852
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,16 @@
-"""The embedded backend: ONNX Runtime in the server process, no other process needed."""
+"""The embedded backend: ONNX Runtime in the server process, no other process needed.
+
+An ensemble (denoised smoothing: a denoiser, then a classifier; ``repository.py``) is composed
+at load: its components' graphs are merged into one (``onnx.compose``: each component's names
+prefixed, the output of a step wired to the input of the next, Identity nodes giving the
+ensemble's input and output names), so ONNX Runtime runs and optimizes the chain as one
+network with no host round trip between the steps. When the ``onnx`` package is not installed
+(it is not a dependency of the serving install) or the graphs cannot be merged (different IR
+versions or opsets that cannot be converted, a model over protobuf's 2 GB), the components run
+as sessions in turn (``_Chain``). Either way each component's graph is checked against its
+config and the next step (input and output names, dims), and the composition against the
+ensemble's config with the probe batch, as any network.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,14 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from smoothcert.model_config import ModelConfigError
 
-from ..repository import ModelStates, ModelVersion
+from ..repository import ComponentVersion, ModelStates, ModelVersion
 from .base import (
     DEFAULT_LOAD_TIMEOUT_S,
     Backend,
@@ -24,6 +37,158 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
+STEP_PREFIX = "smoothserve_step{}/"  # a merged ensemble's names, per step
+
+
+def _static_mismatch(shape: list[Any], dims: tuple[int, ...]) -> bool:
+    """A graph's tensor shape (batch axis first; ints, or names/None for free axes) disagrees
+    with a config's dims (no batch axis; -1 for any size)."""
+    declared = list(shape)[1:]
+    return len(declared) != len(dims) or any(
+        isinstance(d, int) and d > 0 and want != -1 and d != want
+        for d, want in zip(declared, dims, strict=True)
+    )
+
+
+def check_component(
+    step: ComponentVersion, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]
+) -> None:
+    """One component's graph (its inputs and outputs: name and shape) against its config."""
+    where = str(step.path)
+    names = [name for name, _ in inputs]
+    if names != [step.input.name]:
+        raise ModelConfigError(f"{where}: the network's inputs are {names}, its config says "
+                               f"{step.input.name!r}")  # fmt: skip
+    shapes = dict(outputs)
+    if step.output.name not in shapes:
+        raise ModelConfigError(f"{where}: the network has no output {step.output.name!r} (it has "
+                               f"{list(shapes)})")  # fmt: skip
+    if _static_mismatch(inputs[0][1], step.input.dims):
+        raise ModelConfigError(f"{where}: the network takes inputs of shape {inputs[0][1][1:]}, "
+                               f"its config says {list(step.input.dims)}")  # fmt: skip
+    if _static_mismatch(shapes[step.output.name], step.output.dims):
+        raise ModelConfigError(f"{where}: the network gives {step.output.name!r} of shape "
+                               f"{shapes[step.output.name][1:]}, its config says "
+                               f"{list(step.output.dims)}")  # fmt: skip
+
+
+def check_chain(steps: tuple[ComponentVersion, ...], graphs: list[tuple[list, list]]) -> None:
+    """Each component's graph against its config, and each step's output shape against the
+    next step's input shape where both graphs fix it."""
+    for step, (inputs, outputs) in zip(steps, graphs, strict=True):
+        check_component(step, inputs, outputs)
+    for i in range(len(steps) - 1):
+        given = dict(graphs[i][1])[steps[i].output.name][1:]
+        taken = graphs[i + 1][0][0][1][1:]
+        if len(given) != len(taken) or any(
+            isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b
+            for a, b in zip(given, taken, strict=True)
+        ):
+            raise ModelConfigError(
+                f"{steps[i].path} gives {steps[i].output.name!r} of shape {given}, but "
+                f"{steps[i + 1].path} takes inputs of shape {taken}"
+            )
+
+
+def _graph_io(model) -> tuple[list, list]:
+    """(inputs, outputs) of an ONNX ModelProto: (name, shape) with the batch axis, free axes
+    as their names or None; initializers listed as inputs (old exports) are left out."""
+
+    def shape(value) -> list:
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in value.type.tensor_type.shape.dim
+        ]
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [(v.name, shape(v)) for v in model.graph.input if v.name not in initializers]
+    return inputs, [(v.name, shape(v)) for v in model.graph.output]
+
+
+def merge_ensemble(model: ModelVersion) -> bytes:
+    """One ONNX graph running ``model``'s steps in turn, with the ensemble's input and output
+    names; raises ImportError without the ``onnx`` package, ModelConfigError for a component
+    that does not match its config, any other error for graphs that cannot be merged."""
+    import onnx
+    import onnx.compose
+    from onnx import helper
+
+    graphs = [onnx.load(str(step.path)) for step in model.steps]
+    check_chain(model.steps, [_graph_io(g) for g in graphs])
+    ir_version = max(g.ir_version for g in graphs)
+    opsets: dict[str, int] = {}
+    for g in graphs:
+        for opset in g.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    prefixed = []
+    for i, g in enumerate(graphs):
+        own = {o.domain: o.version for o in g.opset_import}
+        if own.get("", opsets.get("", 0)) != opsets.get("", 0):
+            from onnx import version_converter
+
+            g = version_converter.convert_version(g, opsets[""])
+        g.ir_version = ir_version
+        prefixed.append(onnx.compose.add_prefix(g, STEP_PREFIX.format(i)))
+    steps = model.steps
+    merged = prefixed[0]
+    for i in range(1, len(prefixed)):
+        given = STEP_PREFIX.format(i - 1) + steps[i - 1].output.name
+        taken = STEP_PREFIX.format(i) + steps[i].input.name
+        merged = onnx.compose.merge_models(
+            merged, prefixed[i], io_map=[(given, taken)],
+            outputs=[STEP_PREFIX.format(i) + steps[i].output.name],
+        )  # fmt: skip
+    if len(prefixed) == 1:
+        last = STEP_PREFIX.format(0) + steps[0].output.name
+        kept = [o for o in merged.graph.output if o.name == last]
+        del merged.graph.output[:]
+        merged.graph.output.extend(kept)
+    config = model.config
+    graph = merged.graph
+    (first,) = [v for v in graph.input if v.name == STEP_PREFIX.format(0) + steps[0].input.name]
+    (last,) = list(graph.output)
+    entry, exit_ = onnx.ValueInfoProto(), onnx.ValueInfoProto()
+    entry.CopyFrom(first)
+    entry.name = config.input_name
+    exit_.CopyFrom(last)
+    exit_.name = config.output_name
+    graph.node.insert(0, helper.make_node("Identity", [config.input_name], [first.name]))
+    graph.node.append(helper.make_node("Identity", [last.name], [config.output_name]))
+    others = [v for v in graph.input if v.name != first.name]  # initializers listed as inputs
+    del graph.input[:]
+    graph.input.extend([entry, *others])
+    del graph.output[:]
+    graph.output.append(exit_)
+    return merged.SerializeToString()
+
+
+class _Network:
+    """One ONNX Runtime session from the ensemble's (or the network's) input to its logits."""
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str) -> None:
+        self.session, self.input_name, self.output_name = session, input_name, output_name
+
+    def logits(self, batch: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch}, run_options)
+        return logits
+
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+
+class _Chain:
+    """An ensemble's components as sessions run in turn (when merging their graphs failed)."""
+
+    def __init__(self, sessions: list[ort.InferenceSession], steps: tuple[ComponentVersion, ...]):
+        self.sessions, self.steps = sessions, steps
+
+    def logits(self, batch: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        for session, step in zip(self.sessions, self.steps, strict=True):
+            (batch,) = session.run([step.output.name], {step.input.name: batch}, run_options)
+        return batch
+
+    def providers(self) -> list[str]:
+        return self.sessions[-1].get_providers()
 
 
 def default_providers() -> list[str]:
@@ -60,7 +225,7 @@ class OnnxRuntimeBackend(Backend):
         self.uses_host_cpu = cpu_only
         runs = 1 if cpu_only else max_concurrent_batches
         self._executor = ThreadPoolExecutor(runs, thread_name_prefix="ort")
-        self._sessions: dict[tuple[str, str, str], ort.InferenceSession] = {}
+        self._sessions: dict[tuple[str, str, str], _Network | _Chain] = {}
 
     async def load_model(self, states: ModelStates, name: str) -> None:
         """Each version is loaded (session built, probe batch run) in a thread of its own, for
@@ -87,7 +252,13 @@ class OnnxRuntimeBackend(Backend):
                                   "(--model-load-timeout-s)")  # fmt: skip
                 break
             except Exception as exc:  # a corrupt file raises whatever ONNX Runtime raises
-                states.fail(name, f"{model.path}: {first_line(exc)}")
+                text = first_line(exc)
+                if not model.steps:
+                    states.fail(name, f"{model.path}: {text}")
+                elif text.startswith(tuple(str(step.path) for step in model.steps)):
+                    states.fail(name, text)  # names the component's file already
+                else:
+                    states.fail(name, f"ensemble {name}: {text}")
                 break
         if name in states.failed:
             for model in loaded:
@@ -101,10 +272,7 @@ class OnnxRuntimeBackend(Backend):
         for a network that shares the CPU with host noise (``batch_tuning.core_split``)."""
         self._sessions[model.key] = self._load(model, intra_op_threads=threads)
 
-    def _load(
-        self, model: ModelVersion, run_options: ort.RunOptions | None = None,
-        intra_op_threads: int | None = None,
-    ) -> ort.InferenceSession:  # fmt: skip
+    def _options(self, intra_op_threads: int | None = None) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = (
             self.intra_op_threads if intra_op_threads is None else intra_op_threads
@@ -114,7 +282,57 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = self.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(model.path), options, providers=self.providers)
+        return options
+
+    def _compose(self, model: ModelVersion, options: ort.SessionOptions) -> _Network | _Chain:
+        """An ensemble as one merged session, or its components' sessions in turn."""
+        config = model.config
+        try:
+            merged = merge_ensemble(model)
+        except ModelConfigError:
+            raise
+        except Exception as exc:  # no onnx package, or graphs that cannot be merged
+            log.info("%s version %s: components run as sessions in turn (not merged: %s)",
+                     model.name, model.version, first_line(exc))  # fmt: skip
+        else:
+            session = ort.InferenceSession(merged, options, providers=self.providers)
+            return self._checked(model, session)
+        sessions = [
+            ort.InferenceSession(str(step.path), options, providers=self.providers)
+            for step in model.steps
+        ]
+        graphs = [
+            ([(i.name, i.shape) for i in s.get_inputs()], [(o.name, o.shape) for o in s.get_outputs()])
+            for s in sessions
+        ]  # fmt: skip
+        check_chain(model.steps, graphs)
+        first = sessions[0].get_inputs()[0].shape[1:]
+        if _static_mismatch(["batch", *first], tuple(config.input_shape)):
+            raise ModelConfigError(f"{model.steps[0].path}: the network takes inputs of shape "
+                                   f"{first}, the config says {list(config.input_shape)}")  # fmt: skip
+        return _Chain(sessions, model.steps)
+
+    def _load(
+        self, model: ModelVersion, run_options: ort.RunOptions | None = None,
+        intra_op_threads: int | None = None,
+    ) -> _Network | _Chain:  # fmt: skip
+        options = self._options(intra_op_threads)
+        if model.steps:
+            runner = self._compose(model, options)
+        else:
+            session = ort.InferenceSession(str(model.path), options, providers=self.providers)
+            runner = self._checked(model, session)
+        config = model.config
+        probe = probe_batch(config)
+        check_logits(config, runner.logits(probe, run_options), len(probe))
+        how = "one merged graph" if isinstance(runner, _Network) else "sessions in turn"
+        log.info("loaded %s version %s on %s%s", model.name, model.version, runner.providers(),
+                 f" (ensemble of {len(model.steps)} steps, {how})" if model.steps else "")  # fmt: skip
+        return runner
+
+    @staticmethod
+    def _checked(model: ModelVersion, session: ort.InferenceSession) -> _Network:
+        """``session`` once its input and output names and input shape match the config."""
         config = model.config
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [config.input_name]:
@@ -135,21 +353,16 @@ class OnnxRuntimeBackend(Backend):
                 f"the network takes inputs of shape {declared}, the config says "
                 f"{list(config.input_shape)}"
             )
-        probe = probe_batch(config)
-        (logits,) = session.run([config.output_name], {config.input_name: probe}, run_options)
-        check_logits(config, logits, len(probe))
-        log.info("loaded %s version %s on %s", model.name, model.version, session.get_providers())
-        return session
+        return _Network(session, config.input_name, config.output_name)
 
     async def classify(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        session = self._sessions[model.key]
+        runner = self._sessions[model.key]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._argmax, session, model, batch)
+        return await loop.run_in_executor(self._executor, self._argmax, runner, batch)
 
     @staticmethod
-    def _argmax(session: ort.InferenceSession, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        (logits,) = session.run([model.config.output_name], {model.config.input_name: batch})
-        return logits.argmax(axis=1)
+    def _argmax(runner: _Network | _Chain, batch: np.ndarray) -> np.ndarray:
+        return runner.logits(batch).argmax(axis=1)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -6,7 +6,8 @@ crosses the host: per segment, x + sigma * randn is built on the device from the
 scheduler drew (a Philox torch.Generator on CUDA; on the CPU NumPy's PCG64 from
 ``noise.noise_generator``, as torch's CPU generator keeps only 32 bits of a seed), the argmax is
 taken there and only the class indices come back. torch is imported only when this
-backend is chosen.
+backend is chosen. An ensemble (``repository.py``: a denoiser, then a classifier) fails to load
+here: this backend has no TorchScript twin of a composition.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ class TorchBackend(Backend):
     async def load_model(self, states: ModelStates, name: str) -> None:
         loaded = []
         for model in states.ready[name].values():
+            if model.steps:  # an ensemble (repository.py): no TorchScript twin of a composition
+                chain = " -> ".join(step.name for step in model.steps)
+                states.fail(name, f"{name}/config.pbtxt: an ensemble ({chain}); the torch backend "
+                                  "does not compose models: serve it with --backend onnxruntime "
+                                  "or triton")  # fmt: skip
+                break
             path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
             if path is None or not path.is_file():
                 states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "

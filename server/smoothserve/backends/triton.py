@@ -19,6 +19,13 @@ that model takes the sampler path instead: per segment only the clean input, the
 key and the sample range go out, and K vote counts come back (``count_noisy``); the noise is
 drawn and the network run inside Triton. Endpoint choice, failover and timeouts are the same
 calls as the batch path's. Votes that do not sum to the samples asked for are ``BadState``.
+
+An ensemble (``platform: "ensemble"``, a denoiser then a classifier: ``repository.py``) is a
+smoothed model like any other here: it has the smoothing parameters, Triton runs its steps,
+and its sampler calls it by BLS. Its components, without smoothing parameters, are skipped with
+an info line naming them as components. Its ``model_sha256`` is the local repository's hash of
+the composition (``smoothcert.model_config.ensemble_sha256``) when ``--model-repo`` holds the
+same ensemble.
 """
 
 from __future__ import annotations
@@ -161,6 +168,7 @@ class TritonBackend(Backend):
         models = states.ready
         skipped = []
         samplers: dict[tuple[str, str], tuple[str, dict]] = {}  # (network, version) -> sampler
+        others: dict[str, str] = {}  # ready models without smoothing parameters: why
         for entry in index.get("models", []):
             name, version = entry.get("name", ""), entry.get("version", "")
             if entry.get("state") != "READY" or not version:
@@ -177,7 +185,7 @@ class TritonBackend(Backend):
             try:
                 config = check_sound_config(SmoothModelConfig.from_dict(raw))
             except NotSmoothed as exc:
-                log.info("Triton %s: not serving %s: %s", endpoint.url, name, exc)
+                others[name] = str(exc)
                 skipped.append(f"{name} ({exc})")
                 continue
             except ModelConfigError as exc:
@@ -200,12 +208,29 @@ class TritonBackend(Backend):
                 wire.rows,
             )
         self._attach_samplers(endpoint, states, samplers)
+        self._log_unsmoothed(endpoint, models, others)
         if not models and not states.failed:
             raise NotFound(
                 f"Triton {endpoint.url} serves no smoothed model (a ready model whose config has "
                 f"sigma and labels parameters); found: {', '.join(skipped) or 'no model'}"
             )
         return states
+
+    @staticmethod
+    def _log_unsmoothed(endpoint: Endpoint, models: dict, others: dict[str, str]) -> None:
+        """One info line per ready model without smoothing parameters: an ensemble's component
+        (served through the ensemble), or another model Triton serves."""
+        users: dict[str, set[str]] = {}
+        for name, versions in models.items():
+            for model in versions.values():
+                for step in model.config.ensemble_steps:
+                    users.setdefault(step.model_name, set()).add(name)
+        for name, why in sorted(others.items()):
+            if name in users:
+                log.info("Triton %s: %s is a component of ensemble %s (served through it)",
+                         endpoint.url, name, ", ".join(sorted(users[name])))  # fmt: skip
+            else:
+                log.info("Triton %s: not serving %s: %s", endpoint.url, name, why)
 
     def _attach_samplers(
         self, endpoint: Endpoint, states: ModelStates, samplers: dict[tuple[str, str], tuple]
@@ -280,11 +305,15 @@ class TritonBackend(Backend):
         return Wire(datatype, dtype, rows)
 
     def _sha256(self, config: SmoothModelConfig, version: str) -> str:
-        """The ``sha256`` parameter, else the hash of an identical local copy, else ""."""
+        """The ``sha256`` parameter, else the hash of an identical local copy, else "". For an
+        ensemble, the local copy is the ensemble with its components, checked as the embedded
+        backend checks them (``repository.resolve_ensemble``), and the hash binds them all."""
         if config.extra_parameters.get("sha256"):
             return config.extra_parameters["sha256"]
         if self.model_repo is None:
             return ""
+        if config.is_ensemble:
+            return self._ensemble_sha256(config, version)
         local = Path(self.model_repo) / config.name / version / repository.MODEL_FILE
         try:
             mine = SmoothModelConfig.from_pbtxt((local.parent.parent / "config.pbtxt").read_text())
@@ -302,6 +331,25 @@ class TritonBackend(Backend):
             )
             return ""
         return repository.sha256_of(local)
+
+    def _ensemble_sha256(self, config: SmoothModelConfig, version: str) -> str:
+        assert self.model_repo is not None
+        try:
+            states = repository.scan(Path(self.model_repo), [config.name])
+        except NotFound:
+            states = ModelStates()
+        mine = states.ready.get(config.name, {}).get(version)
+        if mine is None:
+            why = states.failed.get(config.name, "no local copy")
+            log.info("%s version %s: %s; model_sha256 left empty", config.name, version, why)
+            return ""
+        fields = ("sigma", "labels", "input_shape", "value_range", "input_name", "output_name",
+                  "ensemble_steps")  # fmt: skip
+        if any(getattr(mine.config, f) != getattr(config, f) for f in fields):
+            log.warning("%s: the copy in %s has another config than Triton's; model_sha256 left "
+                        "empty", config.name, self.model_repo)  # fmt: skip
+            return ""
+        return mine.sha256
 
     async def _check_same_models(self, endpoint: Endpoint, models: dict) -> None:
         for name, versions in models.items():

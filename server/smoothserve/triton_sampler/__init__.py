@@ -8,7 +8,9 @@ draws the noise next to the network, runs it by BLS and returns K vote counts.
 backend's environment: ``deploy/triton/Dockerfile``); ``--target cpu``: NumPy PCG64 on the CPU
 (the CPU twin of the tests). Serve the output next to the networks (``tritonserver
 --model-repository=/models --model-repository=/samplers``); SmoothServe finds the samplers in
-Triton's repository index at start-up (``backends/triton.py``).
+Triton's repository index at start-up (``backends/triton.py``). An ensemble (a denoiser, then
+a classifier: ``repository.py``) gets a sampler like any smoothed model: the sampler calls the
+ensemble by BLS, and Triton's ensemble scheduler runs its steps.
 """
 
 from __future__ import annotations
