@@ -153,6 +153,14 @@ def broken(tmp_path: Path, case: str) -> tuple[Path, str]:
                                    (("logits", "logits"),)),
         ))  # fmt: skip
         return repo, "a cycle"
+    if case == "outside":  # a step may not reach out of the repository
+        (repo.parent / "elsewhere").mkdir(exist_ok=True)
+        shutil.copytree(repo / "denoiser", repo.parent / "elsewhere" / "denoiser", dirs_exist_ok=True)
+        rewrite_steps(repo, "denoised", ensemble_steps=(
+            EnsembleStep("../elsewhere/denoiser", -1, steps[0].input_map, steps[0].output_map),
+            steps[1],
+        ))  # fmt: skip
+        return repo, "a step names a model folder of the same repository"
     if case == "nested":
         rewrite_steps(repo, "denoised", ensemble_steps=(
             steps[0], EnsembleStep("denoised_cls", -1, (("input", "denoised"),),
@@ -179,7 +187,7 @@ def broken(tmp_path: Path, case: str) -> tuple[Path, str]:
 
 
 FAILURES = ("missing_component", "missing_file", "shape_mismatch", "not_linear", "cycle",
-            "nested", "no_version", "batch_too_large")  # fmt: skip
+            "outside", "nested", "no_version", "batch_too_large")  # fmt: skip
 
 
 @pytest.mark.parametrize("case", FAILURES)
