@@ -22,8 +22,12 @@ if [ ! -x "$VENV/bin/smoothserve" ] || [ pyproject.toml -nt "$VENV/bin/smoothser
   python3 -m venv --clear "$VENV"
   # The client and the server in one command: the server depends on the local smoothserve-client.
   "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-    -c requirements/constraints.txt -e "./clients[cli,plot]" -e ".[plot]" 2>&1 \
-    | grep -v "^WARNING: Location" || true
+    -c requirements/constraints.txt -e "./clients[cli,plot]" -e ".[plot]" \
+    > "$VENV/pip-install.log" 2>&1 || {
+    grep -v "^WARNING: Location" "$VENV/pip-install.log" >&2
+    echo "scripts/demo.sh: pip install failed (log: $VENV/pip-install.log)" >&2
+    exit 1
+  }
   touch "$VENV/bin/smoothserve"
 fi
 

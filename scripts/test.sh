@@ -26,8 +26,15 @@ sys.exit(0 if 'smoothserve-verify' in m.distribution('smoothserve').entry_points
   "$VENV/bin/pip" uninstall -q -y --disable-pip-version-check smoothserve >/dev/null 2>&1 || true
   rm -rf smoothserve.egg-info  # the old layout's; the server's is now server/smoothserve.egg-info
 fi
+# pip's noise about editable locations is filtered out; its exit status is kept (a failed
+# install stops here, rather than as a confusing import error in pytest).
 "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
   -c requirements/constraints.txt -e "./clients[verify,cli,plot]" -e . -e ./dev -e ./export \
-  2>&1 | grep -v "^WARNING: Location" || true
+  > "$VENV/pip-install.log" 2>&1 || {
+  grep -v "^WARNING: Location" "$VENV/pip-install.log" >&2
+  echo "scripts/test.sh: pip install failed (log: $VENV/pip-install.log)" >&2
+  exit 1
+}
+grep -v "^WARNING: Location" "$VENV/pip-install.log" || true  # what else pip had to say
 echo "dev environment ready; running pytest"
 "$VENV/bin/python" -m pytest "$@"
