@@ -1,17 +1,19 @@
 """Sequential certification against fixed-n CERTIFY, on the committed SmoothAdv models.
 
-    .venv/bin/python bench/sequential.py --images 500 --out docs/sequential.md   # ~30 min
+    .venv/bin/python bench/sequential.py --images 500 --deadline-ms 100 1000 --out docs/sequential.md
     .venv/bin/python bench/sequential.py --images 4 --fixed-n 2000               # smoke run
 
 For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with n0 = 100:
   1. fixed-n CERTIFY at n = --fixed-n (100,000): each image's radius, certified accuracy at
      every target radius, samples and wall time per certificate;
   2. the target-radius procedure at r = 0.25, 0.5, 0.75 and 1.0 (cap n = --fixed-n): mean
-     and median samples per certificate (n0 + estimation samples), certified accuracy at r,
-     wall time; the ratio of fixed-n samples to sequential samples;
-  3. anytime certificates under a --deadline-ms deadline, next to fixed-n CERTIFY with the
+     and median samples per certificate (n0 + estimation samples; the minimum beside the
+     median), certified accuracy at r, wall time; the ratio of fixed-n samples to sequential
+     samples, and of the mean samples of the 2026-12-03 run (docs/benchmarks.md, before
+     issue 23: n0 fixed at 100) to today's;
+  3. anytime certificates under each --deadline-ms deadline, next to fixed-n CERTIFY with the
      largest n that fits in the same time on this machine (measured here first): certified
-     accuracy against radius.
+     accuracy against radius, and the largest shortfall of anytime against fixed n.
 Certificates run --clients at a time, as a dataset job would. Prints a Markdown report and,
 with --out, writes it there.
 """
@@ -34,6 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("fmnist_cnn_smoothadv_s025", "fmnist_cnn_smoothadv_s050")
 TARGETS = (0.25, 0.5, 0.75, 1.0)
 ALPHA, N0 = 0.001, 100
+# Mean samples per target-radius certificate in the 2026-12-03 run (docs/benchmarks.md), the
+# code before issue 23 (n0 = 100 selection samples always), on the same 500 images.
+BEFORE = {
+    ("fmnist_cnn_smoothadv_s025", 0.25): 547, ("fmnist_cnn_smoothadv_s025", 0.5): 859,
+    ("fmnist_cnn_smoothadv_s025", 0.75): 7982, ("fmnist_cnn_smoothadv_s025", 1.0): 164,
+    ("fmnist_cnn_smoothadv_s050", 0.25): 1369, ("fmnist_cnn_smoothadv_s050", 0.5): 669,
+    ("fmnist_cnn_smoothadv_s050", 0.75): 841, ("fmnist_cnn_smoothadv_s050", 1.0): 2155,
+}  # fmt: skip
 
 
 def run_all(client: SmoothServeClient, images, clients: int, **options) -> list:
@@ -61,7 +71,10 @@ def accuracy(results, labels, radius: float) -> float:
 
 
 def samples(results) -> list[int]:
-    return [r.n0 + r.n for r, _ in results if r is not None]
+    """Selection and estimation samples drawn per answer: an anytime answer may come from an
+    earlier look than the last (its best), so its samples are the last look made."""
+    return [r.n0 + (r.look_schedule[-1] if r.procedure == "anytime" else r.n)
+            for r, _ in results if r is not None]  # fmt: skip
 
 
 def fitting_n(client, model: str, image, seconds: float) -> int:
@@ -90,8 +103,9 @@ def report_model(server, model: str, dataset, args) -> list[str]:
             f"({args.clients} at a time).",
             "",
             "| target r | fixed-n cert. acc. | sequential cert. acc. | mean samples | median "
-            "samples | fixed ÷ sequential (mean) | wall s / cert. (seq.) |",
-            "|---|---|---|---|---|---|---|",
+            "samples (min) | median selection samples (min) | fixed ÷ sequential (mean) | "
+            "before ÷ now (mean) | wall s / cert. (seq.) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for target in TARGETS:
             started = time.perf_counter()
@@ -99,36 +113,54 @@ def report_model(server, model: str, dataset, args) -> list[str]:
                           procedure="target_radius", target_radius=target, **common)  # fmt: skip
             wall = time.perf_counter() - started
             drawn = samples(seq)
+            selected = [r.n0 for r, _ in seq if r is not None]
             mean, median = statistics.mean(drawn), statistics.median(drawn)
+            before = BEFORE.get((model, target))
             lines.append(
                 f"| {target} | {accuracy(fixed, labels, target):.1f} % | "
-                f"{accuracy(seq, labels, target):.1f} % | {mean:,.0f} | {median:,.0f} | "
-                f"{fixed_mean / mean:.1f}× | {wall / len(images):.3f} |"
+                f"{accuracy(seq, labels, target):.1f} % | {mean:,.0f} | {median:,.0f} "
+                f"({min(drawn):,}) | {statistics.median(selected):,.0f} ({min(selected):,}) | "
+                f"{fixed_mean / mean:.1f}× | "
+                + (f"{before / mean:.2f}×" if before and args.fixed_n == 100_000 else "–")
+                + f" | {wall / len(images):.3f} |"
             )
             print(lines[-1])
-        seconds = args.deadline_ms / 1000
-        n_fit = fitting_n(client, model, images[0], seconds)
-        anytime = run_all(client, images, 1, n=args.fixed_n, procedure="anytime",
-                          timeout=seconds, **common)  # fmt: skip
-        fitted = run_all(client, images, 1, n=n_fit, **common)
-        radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-        lines += [
-            "",
-            f"Under a {args.deadline_ms:.0f} ms deadline (one request at a time): anytime "
-            f"certificates (mean {statistics.mean(samples(anytime)):,.0f} samples, "
-            f"{sum(r is None for r, _ in anytime)} missed the deadline) against fixed n = "
-            f"{n_fit:,}, the largest that fits in {args.deadline_ms:.0f} ms here.",
-            "",
-            "| radius | " + " | ".join(f"{r}" for r in radii) + " |",
-            "|---|" + "---|" * len(radii),
-            "| anytime | " + " | ".join(f"{accuracy(anytime, labels, r):.1f} %" for r in radii)
-            + " |",
-            f"| fixed n = {n_fit:,} | "
-            + " | ".join(f"{accuracy(fitted, labels, r):.1f} %" for r in radii)
-            + " |",
-            "",
-        ]
-        print("\n".join(lines[-5:]))
+        for deadline_ms in args.deadline_ms:
+            lines += report_deadline(client, model, images, labels, deadline_ms, args, common)
+    return lines
+
+
+def report_deadline(client, model, images, labels, deadline_ms, args, common) -> list[str]:
+    """Anytime under a deadline against the largest fixed n that fits in it."""
+    seconds = deadline_ms / 1000
+    n_fit = fitting_n(client, model, images[0], seconds)
+    anytime = run_all(client, images, 1, n=args.fixed_n, procedure="anytime",
+                      timeout=seconds, **common)  # fmt: skip
+    fitted = run_all(client, images, 1, n=n_fit, **common)
+    radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+    ours = [accuracy(anytime, labels, r) for r in radii]
+    theirs = [accuracy(fitted, labels, r) for r in radii]
+    drawn = samples(anytime)
+    lines = [
+        "",
+        f"Under a {deadline_ms:.0f} ms deadline (one request at a time): anytime "
+        f"certificates (mean {statistics.mean(drawn):,.0f} samples, median "
+        f"{statistics.median(drawn):,.0f} (min {min(drawn):,}); "
+        f"{sum(r is None for r, _ in anytime)} missed the deadline; wall time per request "
+        f"median {1000 * statistics.median(t for _, t in anytime):.0f} ms, max "
+        f"{1000 * max(t for _, t in anytime):.0f} ms) against fixed n = {n_fit:,}, the "
+        f"largest that fits in {deadline_ms:.0f} ms here.",
+        "",
+        "| radius | " + " | ".join(f"{r}" for r in radii) + " |",
+        "|---|" + "---|" * len(radii),
+        "| anytime | " + " | ".join(f"{a:.1f} %" for a in ours) + " |",
+        f"| fixed n = {n_fit:,} | " + " | ".join(f"{a:.1f} %" for a in theirs) + " |",
+        "",
+        f"Largest shortfall of anytime against fixed n: "
+        f"{max(t - a for a, t in zip(ours, theirs, strict=True)):.1f} points.",
+        "",
+    ]
+    print("\n".join(lines))
     return lines
 
 
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--fixed-n", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--deadline-ms", type=float, nargs="+", default=[100.0, 1000.0])
     parser.add_argument("--model-repo", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path)
@@ -152,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         "certificate count n0 + the estimation samples drawn.",
         "",
     ]
-    with ServerProcess(args.model_repo, ["--max-n", str(max(args.fixed_n, 100_000))]) as server:
+    server_args = ["--max-n", str(max(args.fixed_n, 100_000)), "--exit-on-error", "false"]
+    with ServerProcess(args.model_repo, server_args) as server:
         for model in args.models:
             lines += report_model(server, model, dataset, args)
     text = "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
 from test_linear_radius import point_at, true_radius
+from test_record_binding import key, verify  # noqa: F401 (key: a fixture)
 from triton_helpers import require_tritonserver, triton_args
 from tritonclient.utils import InferenceServerException
 
@@ -310,6 +311,7 @@ def test_a_component_is_not_a_model_of_its_own(server):
         with pytest.raises(SmoothServeError) as refused:
             client.predict("denoiser", X, n0=10, n=100)
         assert refused.value.code == grpc.StatusCode.NOT_FOUND, refused.value
+        assert "a component of ensemble" in refused.value.details, refused.value
     index = triton_grpc.InferenceServerClient(server.address).get_model_repository_index()
     entries = {m.name: (m.state, m.reason) for m in index.models}
     assert entries["denoiser"][0] == "UNAVAILABLE"
@@ -412,3 +414,20 @@ def test_triton_runs_the_ensemble_as_the_embedded_backend_does(repo, server, tri
             assert sampled.prediction == 1 and 0.8 * truth < sampled.radius <= truth
         log = via_triton.log()
     assert "denoiser is a component of ensemble" in log, log[-3000:]
+
+
+def test_the_verifier_recomputes_the_composition_from_the_repository(tmp_path, key):
+    """``smoothserve-verify --model`` on an ensemble hashes its components' files as the
+    server does: the honest record passes, and fails once a component's file changes."""
+    repo = write_repo(tmp_path / "repo")
+    args = [*ARGS, "--signing-key", str(key / "signing.pem")]
+    with ServerProcess(repo, args) as server, SmoothServeClient(server.address) as client:
+        client.predict("denoised", X, n0=100, n=1000).save_record(tmp_path / "r.json")
+    code, out = verify(tmp_path / "r.json", key, "--model", repo)
+    assert code == 0, out
+    code, out = verify(tmp_path / "r.json", key, "--model", repo / "denoised")
+    assert code == 0, out
+    onnx_file = repo / "denoiser" / "1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")  # another file
+    code, out = verify(tmp_path / "r.json", key, "--model", repo)
+    assert code != 0 and "composition's SHA-256" in out, out

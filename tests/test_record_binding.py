@@ -157,8 +157,9 @@ def test_sigma_rewritten_only_where_it_shows_fails_without_the_model(saved, key,
 
 def one_look_at_half_alpha(record: dict) -> dict:
     """The sequential record rewritten to claim its n samples were the first of two looks at
-    alpha / 2 (the schedule [n, 2n] for the target-radius test; [n] for anytime, whose first
-    look has alpha / 2), with the bound, radius and answer recomputed for that claim."""
+    alpha / 2 (the schedule [n, 2n] for the target-radius test), or, for anytime, a single
+    look at n (the whole of alpha), with the bound, radius and answer recomputed for that
+    claim."""
     forged = json.loads(json.dumps(record))
     n, sigma, alpha = record["n"], record["sigma"], record["alpha"]
     procedure = procedures.get(record["procedure"])
@@ -172,7 +173,8 @@ def one_look_at_half_alpha(record: dict) -> dict:
                                tolerance=record["tolerance"])  # fmt: skip
     answer = procedure.look(plan, tuple(schedule), 1, np.array(record["selection_counts"]),
                             np.array(record["counts"]))  # fmt: skip
-    assert answer.bound_alpha == alpha / 2 and not answer.abstain
+    claimed = alpha / 2 if record["procedure"] == "target_radius" else alpha
+    assert answer.bound_alpha == claimed and not answer.abstain
     assert answer.prediction == answer.candidate == record["candidate"]
     forged.update(
         look_schedule=schedule, looks=1, bound_alpha=answer.bound_alpha,
@@ -199,7 +201,10 @@ def test_the_plan_is_the_servers(saved):
     """The record names the server's first look and the request's cap, and the schedule is what
     the server's functions give for them."""
     target, anytime = load(saved / "target_radius.json"), load(saved / "anytime.json")
-    assert target["plan"] == anytime["plan"] == {"first_look": FIRST_LOOK, "cap": 10_000}
+    selection = {"first": 8, "cap": 100, "level": 0.01}  # the request's n0 is the cap
+    assert target["plan"] == {"first_look": FIRST_LOOK, "cap": 10_000, "selection": selection}
+    assert anytime["plan"] == {"first_look": FIRST_LOOK, "cap": 10_000, "selection": selection,
+                               "horizon": 0, "timed": False}  # fmt: skip
     assert target["look_schedule"] == list(
         target_schedule(FIRST_LOOK, 10_000, 0.25, GAUSSIAN, LINEAR_SIGMA, target["alpha"])
     )
@@ -214,7 +219,7 @@ def test_the_plan_is_the_servers(saved):
 @pytest.mark.parametrize("kind", REQUESTS)
 def test_an_honest_record_verifies_with_and_without_the_model(kind, saved, key, linear_repo):
     record = load(saved / f"{kind}.json")
-    assert record["format"] == "smoothserve.certificate.v2"
+    assert record["format"] == "smoothserve.certificate.v3"
     assert record["config"] == {
         "noise_family": "gaussian",
         "sigma": LINEAR_SIGMA, "labels": ["negative", "positive"], "value_range": [0.0, 1.0],

@@ -21,7 +21,7 @@ from test_linear_radius import point_at, true_radius
 from smoothcert.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothcert.families import FAMILIES
 from smoothcert.procedures import look_schedule
-from smoothcert.procedures.anytime import anytime_alpha, anytime_look
+from smoothcert.procedures.anytime import anytime_alpha, anytime_look, anytime_look_v2
 from smoothcert.procedures.target_radius import (
     EARLY_ABSTAIN_LEVEL,
     target_levels,
@@ -185,16 +185,15 @@ def test_the_target_schedule_starts_certifying_at_the_fewest_samples(sigma, targ
     assert schedule[-1] == 100_000 and list(schedule) == sorted(set(schedule))
 
 
-def test_anytime_look_bound_and_stopping():
-    look = anytime_look(900, 1000, 3, GAUSSIAN, 0.25, 0.001)
+def test_anytime_look_of_format_v2_bound():
+    """Format v2's anytime look (kept so that v2 records verify): level alpha / (k (k + 1));
+    the current rules are tested in test_anytime.py."""
+    look = anytime_look_v2(900, 1000, 3, GAUSSIAN, 0.25, 0.001)
     assert look.look_alpha == 0.001 / 12
     assert look.p_a_lower == lower_confidence_bound(900, 1000, 0.001 / 12)
     assert math.isclose(look.radius, 0.25 * PHI.inv_cdf(look.p_a_lower), rel_tol=1e-9)
     assert look.decision == "continue"
-    assert anytime_look(900, 1000, 3, GAUSSIAN, 0.25, 0.001, tolerance=0.05).decision == (
-        "certified"
-    )
-    assert anytime_look(30, 100, 1, GAUSSIAN, 0.25, 0.001).decision == "abstain"  # upper < 1/2
+    assert anytime_look_v2(30, 100, 1, GAUSSIAN, 0.25, 0.001).decision == "abstain"  # upper < 1/2
 
 
 # --- validity by simulation, at the worst case ------------------------------------------------
@@ -251,7 +250,8 @@ def test_anytime_radius_exceeds_the_truth_within_alpha(rule):
     over = 0
     for row in counts:
         tolerance = 0.02 if rule == "tolerance" else 0.0
-        looks = [anytime_look(int(c), n, k, GAUSSIAN, sigma, alpha, tolerance)
+        looks = [anytime_look(int(c), n, k, schedule, GAUSSIAN, sigma, alpha, schedule[-1],
+                              tolerance=tolerance)
                  for k, (c, n) in enumerate(zip(row, schedule, strict=True), 1)]  # fmt: skip
         if rule == "largest radius":
             radius = max(look.radius for look in looks)

@@ -20,7 +20,12 @@ from .model_config import SmoothModelConfig
 # whose SHA-256 the record carries (little-endian).
 INPUT_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
-RECORD_FORMAT = "smoothserve.certificate.v2"
+RECORD_FORMAT = "smoothserve.certificate.v3"
+# v2 records: a fixed n0 for every procedure, and the anytime levels alpha / (k (k + 1)) on a
+# doubling schedule; they verify under those rules (``procedures.get(name, v2=True)``). v3 adds
+# to a sequential procedure's ``plan`` its selection rule (``selection``: first look, cap n0,
+# level) and, for anytime, its ``horizon`` and whether its looks were ``timed`` by a deadline.
+RECORD_FORMAT_V2 = "smoothserve.certificate.v2"
 # v1 records bind neither the smoothing config (beyond sigma) nor the look plan; the verifier
 # checks them only when asked to (``--allow-format-v1``).
 RECORD_FORMAT_V1 = "smoothserve.certificate.v1"

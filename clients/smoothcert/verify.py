@@ -31,12 +31,21 @@ import numpy as np
 from smoothserve_client.types import read_signed_record
 
 from . import families, procedures
-from .model_config import MODEL_FILE, ModelConfigError, SmoothModelConfig, sha256_of
+from .model_config import (
+    MODEL_FILE,
+    ComponentConfig,
+    ModelConfigError,
+    SmoothModelConfig,
+    ensemble_sha256,
+    sha256_of,
+)
+from .procedures.selection import selection_problems
 from .records import (
     CONFIG_FIELDS,
     INPUT_DTYPES,
     RECORD_FORMAT,
     RECORD_FORMAT_V1,
+    RECORD_FORMAT_V2,
     check_signature,
     config_sha256,
     key_id,
@@ -61,8 +70,8 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
     if form == RECORD_FORMAT_V1 and not allow_v1:
         return [f"format {form} binds neither the smoothing config nor the look plan; "
                 "check it with --allow-format-v1 if you accept that"]  # fmt: skip
-    if form not in (RECORD_FORMAT, RECORD_FORMAT_V1):
-        return [f"format {form!r}, expected {RECORD_FORMAT}"]
+    if form not in (RECORD_FORMAT, RECORD_FORMAT_V2, RECORD_FORMAT_V1):
+        return [f"format {form!r}, expected {RECORD_FORMAT} (or {RECORD_FORMAT_V2})"]
     try:
         if form == RECORD_FORMAT_V1:
             return answer_problems(record)
@@ -75,15 +84,17 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
 
 def record_plan(record: dict) -> tuple[procedures.Procedure, procedures.Plan]:
     """The record's procedure (PREDICT for mode predict) and the plan its answer followed from,
-    as the server built them (``dataplane.procedure_plan``); a v1 record is Gaussian and has
-    no first look or cap (its schedule is taken as recorded)."""
+    as the server built them (``dataplane.procedure_plan``); a v2 record with its v2 rules
+    (``procedures.get(name, v2=True)``); a v1 record is Gaussian and has no first look or cap
+    (its schedule is taken as recorded)."""
     name = "predict" if record["mode"] == "predict" else record["procedure"]
     plan = record.get("plan") or {}
-    return procedures.get(name), procedures.Plan(
+    v3 = record.get("format") == RECORD_FORMAT
+    return procedures.get(name, v2=not v3), procedures.Plan(
         alpha=record["alpha"], family=families.family(record.get("noise_family", "gaussian")),
         scale=record["sigma"], cap=plan.get("cap", record["n"]),
         first_look=plan.get("first_look", 0), target_radius=record["target_radius"],
-        tolerance=record["tolerance"],
+        tolerance=record["tolerance"], horizon=plan.get("horizon", 0) if v3 else 0,
     )  # fmt: skip
 
 
@@ -126,17 +137,29 @@ def is_count(value, least: int = 0) -> bool:
     return type(value) is int and value >= least
 
 
+def plan_keys(procedure: procedures.Procedure, v3: bool) -> set[str]:
+    """The keys of a record's ``plan`` for its procedure and format."""
+    keys = {"first_look", "cap"}
+    if v3 and procedure.sequential:
+        keys |= {"selection"} | ({"horizon", "timed"} if procedure.timed else set())
+    return keys
+
+
 def plan_problems(record: dict) -> list[str]:
     """Problems with the record's look plan: the schedule must be the one the procedure's own
-    entry gives for the recorded first look, cap, options, noise and alpha; CERTIFY with
-    fixed n and PREDICT make one look of n. The level of each look then follows from the
-    schedule (``answer_problems`` recomputes it)."""
-    plan = record["plan"]
-    if not isinstance(plan, dict) or set(plan) != {"first_look", "cap"}:
-        return [f"plan {plan} should hold first_look and cap"]
+    entry gives for the recorded first look, cap, options, noise and alpha (an anytime
+    certificate whose looks a deadline timed: looks that increase from the first look to at
+    most the cap, ``Procedure.schedule_problems``); CERTIFY with fixed n and PREDICT make one
+    look of n. The level of each look then follows from the schedule (``answer_problems``
+    recomputes it). Format v3: the selection samples must follow the recorded selection rule
+    as far as the final selection counts show (``selection.selection_problems``)."""
+    plan, v3 = record["plan"], record.get("format") == RECORD_FORMAT
+    procedure, steps = record_plan(record)
+    keys = plan_keys(procedure, v3)
+    if not isinstance(plan, dict) or set(plan) != keys:
+        return [f"plan {plan} should hold {', '.join(sorted(keys))}"]
     first, cap, n = plan["first_look"], plan["cap"], record["n"]
     schedule, looks = list(record["look_schedule"]), record["looks"]
-    procedure, steps = record_plan(record)
     if not procedure.sequential:
         if (first, cap, schedule, looks) != (0, n, [], 0):
             return [f"a fixed-n plan is one look of n = {n}: plan {plan}, look_schedule "
@@ -146,11 +169,29 @@ def plan_problems(record: dict) -> list[str]:
         return [f"plan {plan} and looks {looks} should be positive integers"]
     if n > cap:
         return [f"n = {n} samples exceed the plan's cap {cap}"]
-    expected = list(procedure.schedule(steps))
-    if schedule != expected:
-        return [f"look_schedule {schedule} does not follow from the plan (first_look {first}, "
-                f"cap {cap}): {procedure.name} gives {expected}"]  # fmt: skip
-    return []
+    timed = False
+    if v3 and procedure.timed:
+        timed, horizon = plan["timed"], plan["horizon"]
+        if type(timed) is not bool or not is_count(horizon) or (not timed and horizon != 0):
+            return [f"plan {plan}: timed should be true or false, and the horizon a count "
+                    "(0 unless timed)"]  # fmt: skip
+    problems = procedure.schedule_problems(steps, tuple(schedule), timed)
+    if v3 and not problems:
+        problems = selection_rule_problems(record, plan["selection"])
+    return problems
+
+
+def selection_rule_problems(record: dict, rule) -> list[str]:
+    """A v3 sequential record's selection: its rule (first look, cap, level) well formed, the
+    cap the most selection samples, and the final selection counts where the rule may stop."""
+    if not isinstance(rule, dict) or set(rule) != {"first", "cap", "level"}:
+        return [f"selection {rule} should hold first, cap and level"]
+    first, cap, level = rule["first"], rule["cap"], rule["level"]
+    if not (is_count(first, 1) and is_count(cap, 1) and isinstance(level, float)
+            and 0 < level < 1):  # fmt: skip
+        return [f"selection {rule}: first and cap should be positive integers, level in (0, 1)"]
+    counts = np.asarray(record["selection_counts"], dtype=np.int64)
+    return selection_problems(counts, cap, first, level)
 
 
 def config_problems(record: dict) -> list[str]:
@@ -210,21 +251,29 @@ def model_problems(model_file: Path, config_path: Path, record: dict) -> list[st
     record: sigma, the number of classes and the answer's label only)."""
     problems: list[str] = []
     try:
-        digest = sha256_of(model_file)
-    except OSError as exc:
-        problems.append(f"{model_file}: {exc.strerror or exc}")
-    else:
-        if digest != record["model"]["sha256"]:
-            problems.append(f"the file's SHA-256 is {digest}, the record's "
-                            f"{record['model']['sha256']}")  # fmt: skip
-    try:
         config = SmoothModelConfig.from_pbtxt(config_path.read_text())
     except OSError as exc:
-        return [*problems, f"{config_path}: {exc.strerror or exc}: --model takes the model's "
-                "folder, its repository, or <model>/<version>/model.onnx beside "
-                "<model>/config.pbtxt, whose smoothing config the record must match"]  # fmt: skip
+        config, problem = None, (f"{config_path}: {exc.strerror or exc}: --model takes the "
+                                 "model's folder, its repository, or <model>/<version>/model.onnx "
+                                 "beside <model>/config.pbtxt, whose smoothing config the record "
+                                 "must match")  # fmt: skip
     except (ModelConfigError, UnicodeDecodeError) as exc:
-        return [*problems, f"{config_path}: {exc}"]
+        config, problem = None, f"{config_path}: {exc}"
+    try:
+        if config is not None and config.is_ensemble:
+            digest = composition_sha256(config, Path(config_path).parent.parent)
+        else:
+            digest = sha256_of(model_file)
+    except (OSError, ModelConfigError, UnicodeDecodeError) as exc:
+        problems.append(f"{getattr(exc, 'filename', None) or model_file}: "
+                        f"{getattr(exc, 'strerror', None) or exc}")  # fmt: skip
+    else:
+        if digest != record["model"]["sha256"]:
+            what = "composition's" if config is not None and config.is_ensemble else "file's"
+            problems.append(f"the {what} SHA-256 is {digest}, the record's "
+                            f"{record['model']['sha256']}")  # fmt: skip
+    if config is None:
+        return [*problems, problem]
     if config.name != record["model"]["name"]:
         problems.append(f"{config_path} names the model {config.name!r}, the record "
                         f"{record['model']['name']!r}")  # fmt: skip
@@ -247,6 +296,27 @@ def model_problems(model_file: Path, config_path: Path, record: dict) -> list[st
         problems.append(f"config_sha256 {record['config_sha256']} is not that of "
                         f"{config_path}, {config_sha256(expected)}")  # fmt: skip
     return problems
+
+
+def composition_sha256(config: SmoothModelConfig, repo: Path) -> str:
+    """An ensemble's hash as the server computes it (``ensemble_sha256``) from the component
+    files in ``repo``: each step's version, or the latest its version policy serves (-1)."""
+    steps = []
+    for step in config.ensemble_steps:
+        name = step.model_name
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ModelConfigError(f"step {name!r} is not a model folder of the repository")
+        folder = repo / name
+        component = ComponentConfig.from_pbtxt((folder / "config.pbtxt").read_text())
+        found = {int(v.name) for v in folder.iterdir() if v.name.isascii() and v.name.isdigit()
+                 and (v.name == "0" or not v.name.startswith("0")) and (v / MODEL_FILE).is_file()}  # fmt: skip
+        served = component.version_policy.select(found)
+        version = step.model_version if step.model_version != -1 else max(served, default=None)
+        if version is None or version not in served:
+            raise ModelConfigError(f"{name}: no served version {step.model_version} with "
+                                   f"{MODEL_FILE}")  # fmt: skip
+        steps.append((name, sha256_of(folder / str(version) / MODEL_FILE)))
+    return ensemble_sha256(steps)
 
 
 def shown(value, limit: int = 80) -> str:

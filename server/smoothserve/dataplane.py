@@ -9,14 +9,15 @@ import hashlib
 import logging
 import math
 import time
+import weakref
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from smoothcert import procedures
 from smoothcert.errors import NumericalError
-from smoothcert.procedures import CONTINUE, Outcome, Plan, Procedure
+from smoothcert.procedures import CONTINUE, Outcome, Plan, Procedure, anytime, selection
 from smoothserve_client.types import FAILED, ModelInfo, PredictResult, SigningKey
 
 from .admission import Admission
@@ -50,9 +51,100 @@ from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
 log = logging.getLogger(__name__)
-# Anytime certificates stop starting looks this long before the deadline, on top of the time
-# the next look is expected to take (measured from the looks before it).
-ANSWER_MARGIN_S = 0.02
+# Anytime certificates stop sampling a margin before the deadline: the server's own answer
+# overhead as measured (``AnswerOverhead``), at least this much (the transport's share, which
+# the data plane does not see) and at most ANSWER_MARGIN_MAX_S.
+ANSWER_MARGIN_FLOOR_S = 0.005
+ANSWER_MARGIN_MAX_S = 0.1
+# A look sized to the time left plans to use this share of it (the rest absorbs the error of
+# the measured time per sample).
+LOOK_TIME_SHARE = 0.9
+
+
+class DrawClock:
+    """How long a draw of ``num`` samples takes on one scheduler, as measured: seconds = a + b
+    num, with a (the cost of a draw of any size) the exponentially weighted mean time of small
+    draws (at most SMALL samples) and b (per sample) that of large draws (at least LARGE)
+    beyond a, over the latest draws of every request; a request's own draws count as soon as
+    they are made, so a busy server shows at once. Until a large draw is seen, b is the time
+    per sample of the largest draw so far, all of it (pessimistic). Anytime looks are sized
+    with it; it sees the time only, never the votes."""
+
+    SMALL, LARGE = 128, 512
+    WEIGHT = 0.3  # of the latest draw in each mean
+
+    def __init__(self) -> None:
+        self.fixed: float | None = None  # a
+        self.per_sample: float | None = None  # b, from large draws
+        self.largest: tuple[int, float] = (0, 0.0)  # the largest draw: (num, seconds)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether b comes from a large draw."""
+        return self.per_sample is not None
+
+    def add(self, num: int, seconds: float) -> None:
+        if num <= self.SMALL:
+            self.fixed = seconds if self.fixed is None else (
+                self.fixed + self.WEIGHT * (seconds - self.fixed))  # fmt: skip
+        if num >= self.largest[0]:
+            self.largest = (num, seconds)
+        if num >= self.LARGE:
+            rate = max(seconds - (self.fixed or 0.0), 0.0) / num
+            self.per_sample = rate if self.per_sample is None else (
+                self.per_sample + self.WEIGHT * (rate - self.per_sample))  # fmt: skip
+
+    def fits(self, seconds: float) -> int:
+        """How many samples one draw can take in ``seconds`` (0 if none, or nothing measured)."""
+        if self.per_sample is not None and self.per_sample > 0:
+            a, b = self.fixed or 0.0, self.per_sample
+        elif self.largest[0] > 0:
+            a, b = 0.0, self.largest[1] / self.largest[0]
+        else:
+            return 0
+        return max(0, int((seconds - a) / b)) if b > 0 and seconds > 0 else 0
+
+
+class AnswerOverhead:
+    """The time from the end of a request's sampling (or the moment a deadline was due to cut
+    its last look) to its signed answer, as measured on this server: statistics, record,
+    signature, and the event loop's lag on a loaded machine. The margin is the larger of the
+    exponentially weighted mean plus four mean absolute deviations and 1.5 times the recent
+    peak (the largest overhead seen, decaying by PEAK_DECAY with each request: a spike raises
+    the margin at once), plus ANSWER_MARGIN_FLOOR_S, at most ANSWER_MARGIN_MAX_S."""
+
+    WEIGHT = 0.1
+    PEAK_DECAY = 0.95
+
+    def __init__(self, mean: float = 0.003, deviation: float = 0.002) -> None:
+        self.mean, self.deviation, self.peak = mean, deviation, mean
+
+    def add(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.deviation += self.WEIGHT * (abs(seconds - self.mean) - self.deviation)
+        self.mean += self.WEIGHT * (seconds - self.mean)
+        self.peak = max(seconds, self.peak * self.PEAK_DECAY)
+
+    def margin(self) -> float:
+        spread = max(self.mean + 4 * self.deviation, 1.5 * self.peak)
+        return min(ANSWER_MARGIN_MAX_S, spread + ANSWER_MARGIN_FLOOR_S)
+
+
+@dataclass
+class Looks:
+    """What the estimation looks gave: the answer's outcome, the counts and index of the look
+    it comes from, the schedule a record names (planned; a deadline's: the looks made), all
+    the estimation samples drawn, anytime's horizon and whether a deadline timed the looks,
+    and when sampling ended (or was due to end)."""
+
+    outcome: Outcome
+    counts: np.ndarray
+    look: int
+    schedule: tuple[int, ...]
+    drawn: int
+    horizon: int = 0
+    timed: bool = False
+    ended: float = 0.0
 
 
 class DataPlane:
@@ -83,6 +175,10 @@ class DataPlane:
         self._holds: dict[BatchScheduler, int] = {}  # requests running on each scheduler
         self._idle: dict[BatchScheduler, asyncio.Event] = {}  # set when its last one ends
         self.control = None  # engine.ModelControl: the repository extension's calls
+        # draw times, per scheduler (forgotten with a scheduler retired by a reload)
+        self.clocks: weakref.WeakKeyDictionary[BatchScheduler, DrawClock] = (
+            weakref.WeakKeyDictionary())  # fmt: skip
+        self.overhead = AnswerOverhead()
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         check_request_bounds(name, version, 0)
@@ -90,6 +186,9 @@ class DataPlane:
         if name in self.failed:
             raise ModelFailed(f"model {name!r} failed to load: {self.failed[name]}")
         versions = self.models.get(name)
+        components = getattr(self.control, "components", {})
+        if versions is None and name in components:  # an ensemble's step, never served alone
+            raise NotFound(f"model {name!r} is {components[name]}")
         if versions is None:
             raise NotFound(f"model {quote(name)} is not served; models: {sorted(self.models)}")
         if not version:
@@ -260,10 +359,11 @@ class DataPlane:
         procedure, plan = self.procedure_plan(request, model, n, alpha)
         sound = self.sound_plan(request, model)
         self.check_seed_policy(request, model)
-        selected = n0 if procedure.selects else 0
+        cap_n0 = n0 if procedure.selects else 0
         # Admission first: a refusal costs the server nothing, whatever the input.
-        with span("admission", samples=selected + n):
-            ticket = self.admission.admit(selected + n, model.name)
+        with span("admission", samples=cap_n0 + n):
+            ticket = self.admission.admit(cap_n0 + n, model.name)
+        clock = self.clocks.setdefault(scheduler, DrawClock())
         try:
             x = decode_input(request, model)
             if sound:
@@ -275,22 +375,40 @@ class DataPlane:
                 with span("sampling", samples=num):
                     counts = await scheduler.count(x, num, rng, ticket.release, sound)
                 sampling[0] += time.perf_counter() - began
+                clock.add(num, time.perf_counter() - began)
                 check_counts(counts, num, model)
                 return counts
 
-            selection = await draw(n0) if procedure.selects else None
-            outcome, counts, looks, schedule = await self._looks(
-                request, procedure, plan, draw, selection, model.config.num_classes
-            )
+            chosen, early = None, None
+            if procedure.timed and request.deadline is not None:
+                # Under a deadline the first look is drawn beside the selection (one round
+                # trip less): its samples are a separate draw, independent of the selection's,
+                # and its size comes from the clock.
+                left = self._seconds_left(request)
+                fits = clock.fits(left) if clock.calibrated else plan.first_look
+                size = anytime.timed_look_size(0, plan.cap, plan.first_look, fits, plan.tolerance)
+                early = (size, asyncio.ensure_future(draw(size)))
+            try:
+                if procedure.selects:
+                    chosen = await self._selection(request, procedure, n0, draw, clock,
+                                                   model.config.num_classes)  # fmt: skip
+                done = await self._looks(request, procedure, plan, draw, chosen, clock,
+                                         model.config.num_classes, early)  # fmt: skip
+            finally:
+                if early is not None and not early[1].done():
+                    early[1].cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await early[1]
             ticket.finish()
         finally:
             ticket.close()
+        outcome, counts = done.outcome, done.counts
+        selected = 0 if chosen is None else int(chosen.sum())
         if not (math.isfinite(outcome.radius) and outcome.radius >= 0):
             raise BadState(f"{model.name}: radius {outcome.radius} is not a finite number >= 0")
-        drawn = int(counts.sum())
         if mode == CERTIFY:
             self.metrics.samples_per_certificate.labels(model.name, request.procedure).observe(
-                n0 + drawn
+                selected + done.drawn
             )
         result = PredictResult(
             prediction=outcome.prediction,
@@ -301,10 +419,10 @@ class DataPlane:
             p_value=outcome.p_value,
             candidate=outcome.candidate,
             counts=tuple(int(c) for c in counts),
-            selection_counts=() if selection is None else tuple(int(c) for c in selection),
+            selection_counts=() if chosen is None else tuple(int(c) for c in chosen),
             mode=mode,
             n0=selected,
-            n=drawn,
+            n=int(counts.sum()),
             alpha=alpha,
             sigma=plan.scale,
             model_name=model.name,
@@ -315,24 +433,35 @@ class DataPlane:
             procedure=request.procedure if mode == CERTIFY else FIXED_N,
             target_radius=plan.target_radius,
             bound_alpha=outcome.bound_alpha,
-            looks=looks if procedure.sequential else 0,
-            look_schedule=schedule if procedure.sequential else (),
+            looks=done.look if procedure.sequential else 0,
+            look_schedule=done.schedule if procedure.sequential else (),
             tolerance=plan.tolerance,
             sound_noise=sound,
             noise_family=plan.family.name,
             norm=plan.family.norm,
         )
+        extra = None
+        if procedure.sequential:
+            extra = {"cap": plan.cap}
+            if procedure.adaptive_selection:
+                extra["selection"] = {"first": selection.SELECTION_FIRST, "cap": n0,
+                                      "level": selection.SELECTION_LEVEL}  # fmt: skip
+            if procedure.timed:
+                extra.update(horizon=done.horizon, timed=done.timed)
         with span("sign"):
-            return self.signed(result, request, model, scheduler)
+            signed = self.signed(result, request, model, scheduler, plan=extra)
+        self.overhead.add(time.monotonic() - done.ended)
+        return signed
 
     def signed(
         self, result: PredictResult, request: PredictInput, model: ModelVersion | None = None,
-        scheduler: BatchScheduler | None = None,
+        scheduler: BatchScheduler | None = None, plan: dict | None = None,
     ) -> PredictResult:  # fmt: skip
         """The result with its certificate record and the record's signature (``records.py``):
         the record binds the served model's smoothing config and the look plan (the server's
-        first look; the cap is where the result's schedule ends). ``model`` and ``scheduler``:
-        those the request ran on (default: the ones served now under its name and version)."""
+        first look; ``plan``: the rest of a sequential procedure's, ``records.look_plan``).
+        ``model`` and ``scheduler``: those the request ran on (default: the ones served now
+        under its name and version)."""
         key = (result.model_name, result.model_version)
         scheduler = scheduler or self.schedulers[key]
         generator = "pcg64" if result.sound_noise else scheduler.generator
@@ -340,7 +469,7 @@ class DataPlane:
         record = certificate_record(
             result, hashlib.sha256(request.data).hexdigest(), tuple(request.shape),
             request.dtype, self.signer.key_id, noise_generator=generator,
-            model_config=model.config, first_look=self.config.first_look,
+            model_config=model.config, first_look=self.config.first_look, plan=plan,
         )  # fmt: skip
         return replace(result, record=record, record_signature=self.signer.sign(record))
 
@@ -383,50 +512,138 @@ class DataPlane:
                 "may allow seeds for audits with --allow-client-seeds)"
             )
 
+    def _seconds_left(self, request: PredictInput) -> float | None:
+        """Seconds to the request's deadline less the answer margin; None without a deadline."""
+        if request.deadline is None:
+            return None
+        return request.deadline - self.overhead.margin() - time.monotonic()
+
+    async def _selection(
+        self, request: PredictInput, procedure: Procedure, n0: int, draw, clock: DrawClock,
+        classes: int,
+    ) -> np.ndarray:  # fmt: skip
+        """The selection counts: n0 samples, or, for a procedure with adaptive selection,
+        looks of ``selection.selection_schedule(n0)`` until ``selection.selection_stops`` (the
+        top class clear) or the time left before a deadline would not hold the next one twice
+        over. Any rule is valid here: the estimation samples are drawn afterwards, afresh."""
+        if not procedure.adaptive_selection:
+            return await draw(n0)
+        counts, drawn = np.zeros(classes, np.int64), 0
+        for size in selection.selection_schedule(n0):
+            if drawn:
+                left = self._seconds_left(request)
+                if left is not None and clock.fits(left / 2) < size - drawn:
+                    break  # the deadline: keep the time for the estimation looks
+            counts += await draw(size - drawn)
+            drawn = size
+            if selection.selection_stops(counts):
+                break
+        return counts
+
     async def _looks(
         self, request: PredictInput, procedure: Procedure, plan: Plan, draw,
-        selection: np.ndarray | None, classes: int,
-    ) -> tuple[Outcome, np.ndarray, int, tuple[int, ...]]:  # fmt: skip
+        selection_counts: np.ndarray | None, clock: DrawClock, classes: int, early=None,
+    ) -> Looks:  # fmt: skip
         """The estimation samples, drawn look by look on the procedure's schedule (one look
         at n unless it is sequential), each look decided by the procedure
-        (``smoothcert.procedures``): stops as soon as it decides, at the cap, or, for an
-        anytime certificate, before the deadline. Returns the last complete look's outcome,
-        the counts, the number of looks and the schedule."""
+        (``smoothcert.procedures``): stops as soon as it decides, or at the cap. An anytime
+        certificate under a deadline sizes its looks to the time left (``_timed_looks``), and
+        answers with its best look."""
+        if procedure.timed and request.deadline is not None:
+            return await self._timed_looks(request, procedure, plan, draw, selection_counts,
+                                           clock, classes, early)  # fmt: skip
         schedule = procedure.schedule(plan)
         counts = np.zeros(classes, np.int64)
-        outcome, looks, drawn, seconds_per_sample = None, 0, 0, 0.0
+        outcomes: list[Outcome] = []
+        snapshots: list[np.ndarray] = []
+        drawn = 0
         for k, size in enumerate(schedule, 1):
-            if procedure.anytime and outcome is not None and request.deadline is not None:
-                expected = (size - drawn) * seconds_per_sample + ANSWER_MARGIN_S
-                if time.monotonic() + expected > request.deadline:
-                    break  # the next look would not be back in time: answer with this one
-            began = time.monotonic()
-            try:
-                async with asyncio.timeout_at(self._look_deadline(request, procedure, outcome)):
-                    counts += await draw(size - drawn)
-            except TimeoutError:
-                break  # an anytime look cut short: the last complete look stands
-            seconds_per_sample = (time.monotonic() - began) / (size - drawn)
-            drawn, looks = size, k
-            with span("statistics", procedure=procedure.name, look=k):
-                try:
-                    outcome = procedure.look(plan, schedule, k, selection, counts)
-                except NumericalError as exc:
-                    raise BadState(str(exc)) from None
+            counts += await draw(size - drawn)
+            drawn = size
+            outcome = self._decide(procedure, plan, schedule, k, selection_counts, counts)
+            outcomes.append(outcome)
+            snapshots.append(counts.copy())
             if outcome.decision != CONTINUE:
                 break
-        if outcome is None:
-            raise DeadlineExceeded("the deadline passed before the first look was complete")
-        return outcome, counts, looks, schedule
+        answer = anytime.best(outcomes) if procedure.anytime else len(outcomes) - 1
+        return Looks(outcomes[answer], snapshots[answer], answer + 1, schedule, drawn,
+                     ended=time.monotonic())  # fmt: skip
 
-    def _look_deadline(
-        self, request: PredictInput, procedure: Procedure, outcome: Outcome | None
-    ) -> float | None:
-        """Anytime looks after the first end before the answer's margin, in event-loop time."""
-        if not procedure.anytime or request.deadline is None or outcome is None:
-            return None
-        remaining = request.deadline - ANSWER_MARGIN_S - time.monotonic()
-        return asyncio.get_running_loop().time() + remaining
+    async def _timed_looks(
+        self, request: PredictInput, procedure: Procedure, plan: Plan, draw,
+        selection_counts: np.ndarray | None, clock: DrawClock, classes: int, early=None,
+    ) -> Looks:  # fmt: skip
+        """Anytime looks under a deadline: each sized by ``anytime.timed_look_size`` to what
+        the time left (less the answer margin, ``LOOK_TIME_SHARE`` of it) holds at the measured
+        time per sample (``DrawClock``), the horizon fixed before the second look as all the
+        samples the time left holds; a look still running at the margin is cut and the looks
+        before it stand. Sizes and horizon come from the clock, never from the votes. Answers
+        with the best look; DeadlineExceeded only when the first look is not back in time.
+        ``early``: the first look's size and its draw, started beside the selection."""
+        counts = np.zeros(classes, np.int64)
+        made: list[int] = []
+        outcomes: list[Outcome] = []
+        snapshots: list[np.ndarray] = []
+        drawn, ended, decided = 0, None, False
+        while True:
+            left = self._seconds_left(request)
+            # the first look shrinks only for a clock measured on a large draw
+            fits = (clock.fits(left * LOOK_TIME_SHARE) if made
+                    else clock.fits(left) if clock.calibrated else plan.first_look)  # fmt: skip
+            size = anytime.timed_look_size(drawn, plan.cap, plan.first_look, fits,
+                                           plan.tolerance, plan.horizon, len(made))  # fmt: skip
+            if not made and early is not None:
+                size = early[0]
+            if size == 0:
+                break
+            if len(made) == 1:  # the horizon, fixed before the second look, from the clock
+                plan = replace(plan, horizon=max(made[0], min(plan.cap, drawn + fits)))
+            stop_at = request.deadline if not made else time.monotonic() + left
+            try:
+                async with asyncio.timeout_at(self._loop_time(stop_at)):
+                    if not made and early is not None:
+                        counts += await early[1]
+                    else:
+                        counts += await draw(size - drawn)
+            except TimeoutError:
+                if not made:
+                    raise DeadlineExceeded("the deadline passed before the first look was "
+                                           "complete") from None  # fmt: skip
+                ended = stop_at  # the look cut at the margin: the looks before it stand
+                break
+            drawn = size
+            made.append(size)
+            outcome = self._decide(procedure, plan, tuple(made), len(made), selection_counts,
+                                   counts)  # fmt: skip
+            outcomes.append(outcome)
+            snapshots.append(counts.copy())
+            if outcome.decision != CONTINUE:
+                decided = True
+                break
+        if not outcomes:
+            raise DeadlineExceeded("the deadline passed before the first look was complete")
+        answer = anytime.best(outcomes)
+        ended = time.monotonic() if ended is None else ended
+        planned = procedure.schedule(replace(plan, horizon=0))
+        if decided and plan.horizon in (0, plan.cap) and tuple(made) == planned[: len(made)]:
+            # a deadline that never bound: the planned looks at the planned levels, as without
+            return Looks(outcomes[answer], snapshots[answer], answer + 1, planned, drawn,
+                         ended=ended)  # fmt: skip
+        return Looks(outcomes[answer], snapshots[answer], answer + 1, tuple(made), drawn,
+                     horizon=plan.horizon, timed=True, ended=ended)  # fmt: skip
+
+    @staticmethod
+    def _decide(procedure, plan, schedule, k, selection_counts, counts) -> Outcome:
+        with span("statistics", procedure=procedure.name, look=k):
+            try:
+                return procedure.look(plan, schedule, k, selection_counts, counts)
+            except NumericalError as exc:
+                raise BadState(str(exc)) from None
+
+    @staticmethod
+    def _loop_time(monotonic: float) -> float:
+        """A time.monotonic() instant in event-loop time."""
+        return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
 
     def procedure_plan(
         self, request: PredictInput, model: ModelVersion, n: int, alpha: float

@@ -31,6 +31,7 @@ from smoothcert.records import (  # noqa: F401 - the record format, re-exported 
     CONFIG_FIELDS,
     RECORD_FORMAT,
     RECORD_FORMAT_V1,
+    RECORD_FORMAT_V2,
     RESULT_FIELDS,
     canonical_json,
     check_signature,
@@ -117,14 +118,17 @@ class Signer:
         return self._key.sign(record)
 
 
-def look_plan(result: PredictResult, first_look: int) -> dict:
+def look_plan(result: PredictResult, first_look: int, extra: dict | None = None) -> dict:
     """What a result's look schedule follows from: the first look size (the server's
-    ``--first-look``) and the cap (the n the request allowed, where every schedule ends);
-    fixed n and PREDICT: one look of n, first look 0."""
+    ``--first-look``) and the cap (the n the request allowed, where every schedule ends),
+    with ``extra`` (a sequential procedure's selection rule; anytime's horizon and whether a
+    deadline timed its looks); fixed n and PREDICT: one look of n, first look 0."""
     if result.mode == "certify" and result.procedure != "fixed_n":
         if first_look < 1 or not result.look_schedule:
             raise ValueError("a sequential result needs its schedule and a first look >= 1")
-        return {"first_look": int(first_look), "cap": int(result.look_schedule[-1])}
+        extra = dict(extra or {})
+        cap = int(extra.pop("cap", result.look_schedule[-1]))
+        return {"first_look": int(first_look), "cap": cap, **extra}
     return {"first_look": 0, "cap": int(result.n)}
 
 
@@ -139,11 +143,14 @@ def certificate_record(
     *,
     model_config: SmoothModelConfig,
     first_look: int = 0,
+    plan: dict | None = None,
 ) -> bytes:
     """The canonical bytes of a result's record (see the module doc); ``noise_generator``
     names what drew the noise (``noise.py``), which a replay of a seed needs;
     ``model_config`` is the served model's config, ``first_look`` the server's first look
-    size (sequential procedures)."""
+    size (sequential procedures), ``plan`` the rest of a sequential procedure's plan
+    (``look_plan``: the cap when the schedule does not end at it, the selection rule, the
+    anytime horizon and timing)."""
     when = when or datetime.now(UTC)
     time = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     config = smoothing_config(model_config)
@@ -157,7 +164,7 @@ def certificate_record(
         format=RECORD_FORMAT,
         config=config,
         config_sha256=config_sha256(config),
-        plan=look_plan(result, first_look),
+        plan=look_plan(result, first_look, plan),
         input={"sha256": input_sha256, "shape": list(input_shape), "dtype": input_dtype},
         model={**model, "sha256": result.model_sha256},
         seed={**seed, "generator": noise_generator},

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from . import anytime, fixed_n, predict, target_radius
+from . import anytime, fixed_n, predict, selection, target_radius
 from .base import ABSTAIN, CONTINUE, Look, Outcome, Plan, Procedure, look_schedule
 
 PROCEDURES: dict[str, Procedure] = {
@@ -14,14 +14,19 @@ PROCEDURES: dict[str, Procedure] = {
 CERTIFY_PROCEDURES = tuple(name for name, p in PROCEDURES.items() if p.mode == "certify")
 
 
-def get(name: str) -> Procedure:
-    """The procedure called ``name``; ValueError naming the known ones otherwise."""
+# Entries that differ in record format v2: its records still verify with them.
+PROCEDURES_V2: dict[str, Procedure] = {**PROCEDURES, "anytime": anytime.PROCEDURE_V2}
+
+
+def get(name: str, v2: bool = False) -> Procedure:
+    """The procedure called ``name`` (``v2``: as format v2 records used it); ValueError naming
+    the known ones otherwise."""
     try:
-        return PROCEDURES[name]
+        return (PROCEDURES_V2 if v2 else PROCEDURES)[name]
     except KeyError:
         known = ", ".join(PROCEDURES)
         raise ValueError(f"unknown procedure {name!r}; known: {known}") from None
 
 
 __all__ = ["ABSTAIN", "CERTIFY_PROCEDURES", "CONTINUE", "PROCEDURES", "Look", "Outcome", "Plan",
-           "Procedure", "get", "look_schedule"]  # fmt: skip
+           "Procedure", "get", "look_schedule", "selection"]  # fmt: skip

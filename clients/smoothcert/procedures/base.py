@@ -21,7 +21,9 @@ CONTINUE, CERTIFIED, ABSTAINED, PREDICTED = "continue", "certified", "abstain", 
 class Plan:
     """Everything a procedure's answer depends on besides the counts, fixed before any sample
     is drawn: alpha, the noise family and its scale, the cap on estimation samples (n), the
-    first look of a sequential procedure, and its options (0: unset)."""
+    first look of a sequential procedure, and its options (0: unset). ``horizon``: the
+    samples an anytime certificate spreads alpha over (0: the cap), which a deadline may set
+    before its second look, from the time left (never from the votes)."""
 
     alpha: float
     family: NoiseFamily
@@ -30,6 +32,7 @@ class Plan:
     first_look: int = 0
     target_radius: float = 0.0
     tolerance: float = 0.0
+    horizon: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class Procedure(ABC):
     selects = True  # picks c_A from n0 selection samples drawn apart from the estimation ones
     sequential = False  # looks at the counts more than once
     anytime = False  # may be stopped at any look (by the request's deadline)
+    timed = False  # under a deadline, sizes its looks to the time left (``schedule_problems``)
+    adaptive_selection = False  # draws selection samples only until they are clear (selection.py)
     options: tuple[str, ...] = ()  # the Plan options it reads: "target_radius", "tolerance"
 
     def check(self, plan: Plan) -> None:
@@ -89,6 +94,15 @@ class Procedure(ABC):
     def schedule(self, plan: Plan) -> tuple[int, ...]:
         """The look sizes, fixed before sampling: one look at n unless sequential."""
         return (plan.cap,)
+
+    def schedule_problems(self, plan: Plan, schedule: tuple[int, ...], timed: bool) -> list[str]:
+        """Why ``schedule`` (the looks a record names) cannot be this procedure's under
+        ``plan`` (none: it can). Untimed: it must be ``schedule(plan)``."""
+        expected = self.schedule(plan)
+        if tuple(schedule) != expected:
+            return [f"look_schedule {list(schedule)} does not follow from the plan (first_look "
+                    f"{plan.first_look}, cap {plan.cap}): {self.name} gives {list(expected)}"]  # fmt: skip
+        return []
 
     @abstractmethod
     def look(

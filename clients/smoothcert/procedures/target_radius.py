@@ -9,7 +9,8 @@ not be valid. This is the Bonferroni-over-stages construction of Horvath et al. 
 "Boosting randomized smoothing with variance reduced classifiers": adaptive sampling, with
 early abstention), with alpha spent only on the looks that can certify; see
 docs/architecture.md for why it was chosen over betting confidence sequences (Voracek 2024;
-Waudby-Smith and Ramdas 2023). The candidate c_A comes from n0 separate selection samples.
+Waudby-Smith and Ramdas 2023). The candidate c_A comes from separate selection samples, at
+most n0, drawn until their votes are clear (``selection``; format v2 records: exactly n0).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class TargetRadius(Procedure):
 
     name = "target_radius"
     sequential = True
+    adaptive_selection = True
     options = ("target_radius",)
 
     def check(self, plan: Plan) -> None:
