@@ -25,7 +25,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from conftest import LINEAR_SHAPE, LINEAR_SIGMA, linear_weights
 from test_linear_radius import point_at, true_radius
-from test_record_binding import key, verify  # noqa: F401 (key: a fixture)
+from test_record_binding import key, verify  # noqa: F401, F811 (key: a fixture)
 from triton_helpers import require_tritonserver, triton_args
 from tritonclient.utils import InferenceServerException
 
@@ -416,7 +416,7 @@ def test_triton_runs_the_ensemble_as_the_embedded_backend_does(repo, server, tri
     assert "denoiser is a component of ensemble" in log, log[-3000:]
 
 
-def test_the_verifier_recomputes_the_composition_from_the_repository(tmp_path, key):
+def test_the_verifier_recomputes_the_composition_from_the_repository(tmp_path, key):  # noqa: F811
     """``smoothserve-verify --model`` on an ensemble hashes its components' files as the
     server does: the honest record passes, and fails once a component's file changes."""
     repo = write_repo(tmp_path / "repo")
