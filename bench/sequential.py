@@ -21,10 +21,12 @@ with --out, writes it there.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -93,7 +95,10 @@ def report_model(server, model: str, dataset, args) -> list[str]:
     with SmoothServeClient(server.address, timeout=600) as client:
         common = {"model_name": model, "n0": N0, "alpha": ALPHA}
         started = time.perf_counter()
-        fixed = run_all(client, images, args.clients, n=args.fixed_n, **common)
+        fixed = cached_fixed(args, model, len(images))
+        if fixed is None:
+            fixed = run_all(client, images, args.clients, n=args.fixed_n, **common)
+            save_fixed(args, model, fixed)
         fixed_wall = time.perf_counter() - started
         print(f"{model}: fixed n = {args.fixed_n} in {fixed_wall:.0f} s")
         fixed_mean = statistics.mean(samples(fixed))
@@ -107,7 +112,7 @@ def report_model(server, model: str, dataset, args) -> list[str]:
             "before ÷ now (mean) | wall s / cert. (seq.) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for target in TARGETS:
+        for target in TARGETS if "target" in args.parts else ():
             started = time.perf_counter()
             seq = run_all(client, images, args.clients, n=args.fixed_n,
                           procedure="target_radius", target_radius=target, **common)  # fmt: skip
@@ -126,10 +131,34 @@ def report_model(server, model: str, dataset, args) -> list[str]:
             )
             print(lines[-1])
         counts = args.deadline_images or [len(images)] * len(args.deadline_ms)
-        for deadline_ms, count in zip(args.deadline_ms, counts, strict=True):
+        deadlines = zip(args.deadline_ms, counts, strict=True) if "deadline" in args.parts else ()
+        for deadline_ms, count in deadlines:
             lines += report_deadline(client, model, images[:count], labels[:count], deadline_ms,
                                      args, common)  # fmt: skip
     return lines
+
+
+def cached_fixed(args, model: str, images: int):
+    """Fixed-n results saved by an earlier run with the same images and n (``--fixed-cache``),
+    as (result, seconds) pairs with the attributes this report reads; None if there are none."""
+    if args.fixed_cache is None or not args.fixed_cache.is_file():
+        return None
+    saved = json.loads(args.fixed_cache.read_text()).get(f"{model}/{images}/{args.fixed_n}")
+    if saved is None:
+        return None
+    print(f"{model}: fixed n = {args.fixed_n} results from {args.fixed_cache}")
+    return [(None if r is None else SimpleNamespace(**r), t) for r, t in saved]
+
+
+def save_fixed(args, model: str, fixed) -> None:
+    if args.fixed_cache is None:
+        return
+    store = json.loads(args.fixed_cache.read_text()) if args.fixed_cache.is_file() else {}
+    keep = ("abstain", "prediction", "radius", "n0", "n", "procedure", "look_schedule")
+    store[f"{model}/{len(fixed)}/{args.fixed_n}"] = [
+        (None if r is None else {k: getattr(r, k) for k in keep}, t) for r, t in fixed
+    ]
+    args.fixed_cache.write_text(json.dumps(store))
 
 
 def report_deadline(client, model, images, labels, deadline_ms, args, common) -> list[str]:
@@ -179,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-repo", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--parts", nargs="+", default=["target", "deadline"],
+                        choices=["target", "deadline"], help="which rows besides fixed n")
+    parser.add_argument("--fixed-cache", type=Path,
+                        help="JSON file: fixed-n results are saved there, and reused by a later "
+                             "run with the same images and n")  # fmt: skip
     args = parser.parse_args(argv)
     dataset = load_fashion_mnist().subset(slice(0, args.images))
     command = "bench/sequential.py " + " ".join(argv or __import__("sys").argv[1:])
