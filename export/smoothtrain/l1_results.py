@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print(accuracy_table(curves, RADII))
 
 
-def preserved_section(old_text: str) -> str:
-    """The L1 section of an existing results.md, for ``make_results.py`` to keep."""
-    match = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), old_text, flags=re.S)
+def preserved_section(old_text: str, begin: str = BEGIN, end: str = END) -> str:
+    """A section of an existing results.md between ``begin`` and ``end`` (default: the L1
+    section), for ``make_results.py`` to keep."""
+    match = re.search(re.escape(begin) + ".*?" + re.escape(end), old_text, flags=re.S)
     return "" if match is None else "\n" + match.group(0) + "\n"

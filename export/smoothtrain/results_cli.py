@@ -26,6 +26,8 @@ from smoothserve_dev.testing import ServerProcess
 from .card import set_results
 from .checkpoint import load_model
 from .data import to_tensors
+from .denoised_results import BEGIN as DENOISED_BEGIN
+from .denoised_results import END as DENOISED_END
 from .evaluate import certify_models, empirical_robust_accuracy, onnx_throughput
 from .l1_results import preserved_section
 from .report import best_model, comparison, empirical_table, model_card_results
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = f"{images} {args.dataset} test images, n0={args.n0}, n={args.n}, alpha={args.alpha}"
     text = _document(args, argv, curves, models, empirical, throughput, timing, settings)
     old = docs / "results.md"
-    text += preserved_section(old.read_text()) if old.exists() else ""  # make_l1_results.py's
+    if old.exists():  # the sections of make_l1_results.py and make_denoised_results.py
+        text += preserved_section(old.read_text())
+        text += preserved_section(old.read_text(), DENOISED_BEGIN, DENOISED_END)
     (docs / "results.md").write_text(text)
     if not args.scratch:
         for name in args.models:
