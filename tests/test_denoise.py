@@ -51,11 +51,15 @@ def test_tiny_run_writes_components_and_ensembles(tiny_run: Path) -> None:
         assert (repo / name / "1" / ".keep").is_file()
         assert not (repo / name / "1" / "model.onnx").exists()
         text = (repo / name / "config.pbtxt").read_text()
-        assert 'platform: "ensemble"' in text and "max_batch_size: 256" in text
-        assert f'model_name: "fmnist_dncnn_{objective}_s025"' in text
-        assert 'input_map { key: "input" value: "denoised" }' in text
-        assert '"training" value { string_value: "denoised_smoothing" }' in text
         config = SmoothModelConfig.from_pbtxt(text)
+        assert config.platform == "ensemble" and config.max_batch_size == 256
+        (first, second) = config.ensemble_steps
+        assert first.model_name == f"fmnist_dncnn_{objective}_s025"
+        assert dict(first.input_map) == {"input": "input"}
+        assert dict(first.output_map) == {"denoised": "denoised"}
+        assert second.model_name == "fmnist_cnn_plain"
+        assert dict(second.input_map) == {"input": "denoised"}
+        assert config.extra_parameters["training"] == "denoised_smoothing"
         assert config.sigma == 0.25 and config.num_classes == 10
         assert config.input_shape == (1, 28, 28) and config.value_range == (0.0, 1.0)
         assert "Command line" in (repo / name / "README.md").read_text()

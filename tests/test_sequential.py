@@ -25,6 +25,7 @@ from smoothcert.procedures.anytime import anytime_alpha, anytime_look, anytime_l
 from smoothcert.procedures.target_radius import (
     EARLY_ABSTAIN_LEVEL,
     target_levels,
+    target_levels_v2,
     target_radius_look,
     target_schedule,
 )
@@ -76,11 +77,12 @@ HALF = (GAUSSIAN, 0.5, 0.001)  # Gaussian noise, sigma = 0.5, alpha = 0.001
 
 
 def test_target_look_closed_form_for_unanimous_votes():
-    """k = n: the lower bound is (alpha / K)^(1/n), so with sigma = 0.5 and r = 0.5 (threshold
+    """Format v2's split (doubling looks, kept so that v2 records verify; v3's grid is tested
+    in test_target_grid.py). k = n: the lower bound is (alpha / K)^(1/n), so with sigma = 0.5 and r = 0.5 (threshold
     Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks, all of which
     can certify (each gets alpha / 12)."""
-    assert target_levels(S12, 0.5, GAUSSIAN, 0.5, 0.001) == (0.001 / 12,) * 12
-    look = target_radius_look(64, 64, 1, S12, 0.5, GAUSSIAN, 0.5, 0.001)
+    assert target_levels_v2(S12, 0.5, GAUSSIAN, 0.5, 0.001) == (0.001 / 12,) * 12
+    look = target_radius_look(64, 64, 1, S12, 0.5, GAUSSIAN, 0.5, 0.001, v2=True)
     assert look.decision == "certified"
     assert math.isclose(look.p_a_lower, (0.001 / 12) ** (1 / 64), rel_tol=1e-12)
     assert math.isclose(look.radius, 0.5 * PHI.inv_cdf((0.001 / 12) ** (1 / 64)), rel_tol=1e-9)
@@ -88,9 +90,9 @@ def test_target_look_closed_form_for_unanimous_votes():
     # 40 unanimous votes certify at a single look, not as the first of several looks: 40 is
     # below what any level the split could give it needs, so that look gets no alpha at all
     later = look_schedule(40, 100_000)
-    assert target_levels(later, 0.5, GAUSSIAN, 0.5, 0.001)[0] == 0.0
-    assert target_radius_look(40, 40, 1, later, 0.5, *HALF).decision == "continue"
-    assert target_radius_look(40, 40, 1, (40,), 0.5, *HALF).decision == "certified"
+    assert target_levels_v2(later, 0.5, GAUSSIAN, 0.5, 0.001)[0] == 0.0
+    assert target_radius_look(40, 40, 1, later, 0.5, *HALF, v2=True).decision == "continue"
+    assert target_radius_look(40, 40, 1, (40,), 0.5, *HALF, v2=True).decision == "certified"
 
 
 def test_target_look_abstains_early_and_at_the_last_look():
@@ -115,7 +117,8 @@ def independent_levels(schedule, target, sigma, alpha, threshold=None):
 @pytest.mark.parametrize("sigma, target", [(0.25, 0.25), (0.25, 0.5), (0.25, 0.75),
                                            (0.25, 1.0), (0.5, 0.75), (0.5, 1.0)])  # fmt: skip
 def test_alpha_goes_only_to_looks_that_can_certify(sigma, target):
-    levels = target_levels(S12, target, GAUSSIAN, sigma, 0.001)
+    """Format v2's split (kept so that v2 records verify)."""
+    levels = target_levels_v2(S12, target, GAUSSIAN, sigma, 0.001)
     assert list(levels) == pytest.approx(independent_levels(S12, target, sigma, 0.001))
     assert sum(levels) <= 0.001 * (1 + 1e-12)
     threshold = PHI.cdf(target / sigma)
@@ -128,12 +131,12 @@ def test_uniform_alpha_goes_only_to_looks_that_can_certify(lam, target):
     """The same split for uniform noise, whose threshold is 1/2 + r / (2 lambda)."""
     uniform = FAMILIES["uniform"]
     threshold = 0.5 + target / (2 * lam)
-    levels = target_levels(S12, target, uniform, lam, 0.001)
+    levels = target_levels_v2(S12, target, uniform, lam, 0.001)
     expected = independent_levels(S12, target, lam, 0.001, threshold=threshold)
     assert list(levels) == pytest.approx(expected)
     for n, level in zip(S12, levels, strict=True):
         assert level == 0.0 or lower_confidence_bound(n, n, level) > threshold
-    look = target_radius_look(64, 64, 1, S12, target, uniform, lam, 0.001)
+    look = target_radius_look(64, 64, 1, S12, target, uniform, lam, 0.001, v2=True)
     if levels[0]:
         assert look.decision == "certified"
         p = lower_confidence_bound(64, 64, levels[0])
@@ -314,7 +317,8 @@ def test_live_target_radius_certifies_easy_inputs_with_few_samples(client):
     # recomputable from the response alone
     p = lower_confidence_bound(r.counts[r.candidate], r.n, r.bound_alpha)
     assert math.isclose(r.p_a_lower, p) and math.isclose(r.radius, LINEAR_SIGMA * PHI.inv_cdf(p))
-    assert math.isclose(r.bound_alpha, 0.001 / len(r.look_schedule))
+    levels = target_levels(tuple(r.look_schedule), 0.25, GAUSSIAN, LINEAR_SIGMA, 0.001)
+    assert r.bound_alpha == levels[r.looks - 1] > 0
 
 
 def test_live_anytime_radius_within_truth(client):

@@ -169,6 +169,30 @@ def steps_of(config: ModelConfig) -> tuple[EnsembleStep, ...]:
     return tuple(EnsembleStep.from_proto(s) for s in config.ensemble_scheduling.step)
 
 
+def component_config_text(
+    name: str, inputs: dict[str, tuple[int, ...]], outputs: dict[str, tuple[int, ...]],
+    max_batch_size: int, parameters: dict[str, str] | None = None, batching: bool = True,
+) -> str:  # fmt: skip
+    """The ``config.pbtxt`` of an ensemble's component (Triton's, without smoothing
+    parameters): an ONNX Runtime model with FP32 tensors of these names and dims (no batch
+    axis), dynamic batching and one instance unless ``batching`` is false, and ``parameters``
+    that describe it (never sigma or labels: those belong to the ensemble)."""
+    config = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    for tensor, dims in inputs.items():
+        config.input.add(name=tensor, data_type=DataType.TYPE_FP32, dims=list(dims))
+    for tensor, dims in outputs.items():
+        config.output.add(name=tensor, data_type=DataType.TYPE_FP32, dims=list(dims))
+    if batching:
+        config.dynamic_batching.max_queue_delay_microseconds = 200
+        config.instance_group.add(count=1, kind=InstanceGroup.KIND_AUTO)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    smoothing = set(config.parameters) & {"sigma", "labels"}
+    if smoothing:
+        raise ModelConfigError(f"a component has no smoothing parameters; got {sorted(smoothing)}")
+    return text_format.MessageToString(config)
+
+
 def ensemble_sha256(components: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
     """The hash that binds an ensemble's composition: SHA-256 of the canonical JSON
     ``{"format": "smoothserve.ensemble.v1", "steps": [{"model": name, "sha256": digest}, ...]}``,

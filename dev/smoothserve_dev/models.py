@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothcert.model_config import EnsembleStep, SmoothModelConfig
-from smoothcert.schema.model_config_pb2 import DataType, ModelConfig
+from smoothcert.model_config import EnsembleStep, SmoothModelConfig, component_config_text
 
 
 def linear_network(name: str, w: np.ndarray, b: float, shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -104,16 +102,10 @@ def write_component_config(
 ) -> Path:  # fmt: skip
     """A component's ``config.pbtxt`` (Triton's, no smoothing parameters): ONNX Runtime,
     FP32 tensors with these names and dims (no batch axis)."""
-    config = ModelConfig(
-        name=model_dir.name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
-    )
-    for name, dims in inputs.items():
-        config.input.add(name=name, data_type=DataType.TYPE_FP32, dims=dims)
-    for name, dims in outputs.items():
-        config.output.add(name=name, data_type=DataType.TYPE_FP32, dims=dims)
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "config.pbtxt"
-    path.write_text(text_format.MessageToString(config))
+    path.write_text(component_config_text(model_dir.name, inputs, outputs, max_batch_size,
+                                          batching=False))  # fmt: skip
     return path
 
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from smoothcert.model_config import EnsembleStep, SmoothModelConfig, component_config_text
+
 from .checkpoint import load_model, save_model
 from .config import TrainConfig
 from .data import load, to_tensors
@@ -309,50 +311,15 @@ def verify_chain(
     return worst
 
 
-def _param(key: str, value: str) -> str:
-    return f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value)} }} }}"
-
-
-def _dims(dims) -> str:
-    return "[ " + ", ".join(str(int(d)) for d in dims) + " ]"
-
-
 def component_pbtxt(
     name: str, output_name: str, output_dims, input_shape=(1, 28, 28),
     max_batch_size: int = COMPONENT_MAX_BATCH, parameters: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
     """An ONNX model without smoothing parameters (no sigma, no labels): an ensemble step."""
-    lines = [
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        "  {",
-        f'    name: "{INPUT_NAME}"',
-        "    data_type: TYPE_FP32",
-        f"    dims: {_dims(input_shape)}",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        f'    name: "{output_name}"',
-        "    data_type: TYPE_FP32",
-        f"    dims: {_dims(output_dims)}",
-        "  }",
-        "]",
-        "dynamic_batching {",
-        "  preferred_batch_size: [ 256, 512, 1024 ]",
-        "  max_queue_delay_microseconds: 200",
-        "}",
-        "instance_group [",
-        "  {",
-        "    count: 1",
-        "    kind: KIND_AUTO",
-        "  }",
-        "]",
-    ]
-    lines += [_param(k, v) for k, v in (parameters or {}).items()]
-    return "\n".join(lines) + "\n"
+    return component_config_text(
+        name, {INPUT_NAME: tuple(input_shape)}, {output_name: tuple(output_dims)},
+        max_batch_size, parameters,
+    )  # fmt: skip
 
 
 def ensemble_pbtxt(
@@ -360,51 +327,17 @@ def ensemble_pbtxt(
     max_batch_size: int = ENSEMBLE_MAX_BATCH, parameters: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
     """Triton's ensemble: input -> denoiser -> "denoised" -> classifier -> "logits", with the
-    smoothing parameters written as ``SmoothModelConfig`` writes them (sigma as repr(float),
-    labels / input_shape / value_range as JSON)."""
-    smoothing = {
-        "sigma": repr(float(sigma)),
-        "labels": json.dumps(list(labels)),
-        "input_shape": json.dumps([int(d) for d in input_shape]),
-        "value_range": json.dumps([0.0, 1.0]),
-    }
-    lines = [
-        f'name: "{name}"',
-        'platform: "ensemble"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        "  {",
-        f'    name: "{INPUT_NAME}"',
-        "    data_type: TYPE_FP32",
-        f"    dims: {_dims(input_shape)}",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        f'    name: "{LOGITS}"',
-        "    data_type: TYPE_FP32",
-        f"    dims: [ {len(labels)} ]",
-        "  }",
-        "]",
-        "ensemble_scheduling {",
-        "  step [",
-        "    {",
-        f'      model_name: "{denoiser}"',
-        "      model_version: -1",
-        f'      input_map {{ key: "{INPUT_NAME}" value: "{INPUT_NAME}" }}',
-        f'      output_map {{ key: "{DENOISED}" value: "{DENOISED}" }}',
-        "    },",
-        "    {",
-        f'      model_name: "{classifier}"',
-        "      model_version: -1",
-        f'      input_map {{ key: "{INPUT_NAME}" value: "{DENOISED}" }}',
-        f'      output_map {{ key: "{LOGITS}" value: "{LOGITS}" }}',
-        "    }",
-        "  ]",
-        "}",
-    ]
-    lines += [_param(k, v) for k, v in {**smoothing, **(parameters or {})}.items()]
-    return "\n".join(lines) + "\n"
+    smoothing parameters (sigma, labels, input shape, value range) of the composed model."""
+    steps = (
+        EnsembleStep(denoiser, -1, ((INPUT_NAME, INPUT_NAME),), ((DENOISED, DENOISED),)),
+        EnsembleStep(classifier, -1, ((INPUT_NAME, DENOISED),), ((LOGITS, LOGITS),)),
+    )
+    return SmoothModelConfig(
+        name=name, sigma=float(sigma), labels=tuple(labels), input_shape=tuple(input_shape),
+        value_range=(0.0, 1.0), platform="ensemble", max_batch_size=max_batch_size,
+        input_name=INPUT_NAME, output_name=LOGITS, ensemble_steps=steps,
+        extra_parameters=dict(parameters or {}),
+    ).check().to_pbtxt()  # fmt: skip
 
 
 def denoiser_name(objective: str, sigma: float) -> str:

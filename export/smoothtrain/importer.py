@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothcert.model_config import SmoothModelConfig, sha256_of
-from smoothcert.schema.model_config_pb2 import DataType, InstanceGroup, ModelConfig
+from smoothcert.model_config import SmoothModelConfig, component_config_text, sha256_of
+from smoothcert.schema.model_config_pb2 import ModelConfig
 
 from . import published
 from .card import BEGIN, END
@@ -388,16 +388,11 @@ def compare_onnx(path: Path, model: nn.Module, input_shape, output_name: str,
 
 
 def component_config(name: str, input_shape, max_batch: int, parameters: dict[str, str]
-                     ) -> ModelConfig:  # fmt: skip
-    """A Triton config without smoothing parameters: "input" -> "denoised", same dims."""
-    config = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch)
-    config.input.add(name=INPUT_NAME, data_type=DataType.TYPE_FP32, dims=list(input_shape))
-    config.output.add(name=DENOISED, data_type=DataType.TYPE_FP32, dims=list(input_shape))
-    config.dynamic_batching.max_queue_delay_microseconds = 200
-    config.instance_group.add(count=1, kind=InstanceGroup.KIND_AUTO)
-    for key, value in parameters.items():
-        config.parameters[key].string_value = value
-    return config
+                     ) -> str:  # fmt: skip
+    """A denoiser's Triton config, without smoothing parameters: "input" -> "denoised"."""
+    shape = tuple(input_shape)
+    return component_config_text(name, {INPUT_NAME: shape}, {DENOISED: shape}, max_batch,
+                                 parameters)  # fmt: skip
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -501,8 +496,8 @@ def _export_and_write(model: nn.Module, result: Imported, data: published.Datase
         params = {"component": "denoiser", **extra}
         if result.sigma is not None:
             params["denoiser_sigma"] = repr(float(result.sigma))
-        config = component_config(result.name, data.input_shape, max_batch, params)
-        (stage / "config.pbtxt").write_text(_pbtxt(config))
+        text = component_config(result.name, data.input_shape, max_batch, params)
+        (stage / "config.pbtxt").write_text(text)
     else:
         SmoothModelConfig(
             name=result.name, sigma=float(result.sigma), labels=labels,

@@ -15,7 +15,11 @@ CERTIFY_PROCEDURES = tuple(name for name, p in PROCEDURES.items() if p.mode == "
 
 
 # Entries that differ in record format v2: its records still verify with them.
-PROCEDURES_V2: dict[str, Procedure] = {**PROCEDURES, "anytime": anytime.PROCEDURE_V2}
+PROCEDURES_V2: dict[str, Procedure] = {
+    **PROCEDURES,
+    "anytime": anytime.PROCEDURE_V2,
+    "target_radius": target_radius.PROCEDURE_V2,
+}
 
 
 def get(name: str, v2: bool = False) -> Procedure:
