@@ -8,8 +8,9 @@ or clipped, so a certificate is only ever made for the input the client sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class PredictInput:
     tolerance: float | None = None
     deadline: float | None = None  # time.monotonic() by which the answer must be sent
     sound_noise: bool | None = None  # None: the model's config decides (sound_noise.py)
+    arrived: float = field(default_factory=time.monotonic, compare=False)  # when it was read
 
 
 def quote(text: str, limit: int = QUOTE_CHARS) -> str:
