@@ -23,26 +23,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# run as a script: bench/ is on the import path (run_benchmark, triton_paths beside it)
+from run_benchmark import noise_throughput, peak_rss_mib, raw_throughput
 from torch import nn
+from triton_paths import CountingTriton
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import noise_throughput, peak_rss_mib, raw_throughput  # noqa: E402
-from triton_paths import CountingTriton  # noqa: E402
-
-from smoothserve.config import ServerConfig  # noqa: E402
-from smoothserve.engine import build_engine  # noqa: E402
-from smoothserve.noise import noise_generator  # noqa: E402
-from smoothserve_client import SmoothServeClient  # noqa: E402
-from smoothserve_dev.testing import ServerProcess  # noqa: E402
-from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository  # noqa: E402
-from smoothtrain import importer, published  # noqa: E402
+from smoothserve.config import ServerConfig
+from smoothserve.engine import build_engine
+from smoothserve.noise import noise_generator
+from smoothserve_client import SmoothServeClient
+from smoothserve_dev.testing import ServerProcess
+from smoothserve_dev.triton_twin import TritonProcess, build_twin_repository
+from smoothtrain import importer, published
 
 NAME, SIGMA, ARCH = "imagenet_resnet50_random", 0.5, "resnet50"
 SHAPE = (3, 224, 224)
