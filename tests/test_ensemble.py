@@ -247,7 +247,7 @@ def test_the_graphs_are_checked_at_load(tmp_path):
         assert "linear" in states.ready
 
 
-def test_the_torch_backend_refuses_ensembles(repo):
+def test_the_torch_backend_needs_each_components_twin(repo):
     pytest.importorskip("torch")
     from smoothserve.backends.torch_backend import TorchBackend
 
@@ -259,8 +259,34 @@ def test_the_torch_backend_refuses_ensembles(repo):
             await backend.close()
 
     states = asyncio.run(scenario())
-    assert "does not compose models" in states.failed["denoised"]
+    assert "no model.pt beside denoiser/1/model.onnx" in states.failed["denoised"]
     assert "denoiser" not in states.failed  # a component, not a failed model
+
+
+def test_the_torch_backend_composes_the_committed_twins(tmp_path):
+    """The committed denoised ensemble on the torch backend (its components' TorchScript
+    twins, composed) classifies noisy batches as the embedded backend does."""
+    pytest.importorskip("torch")
+    from smoothserve.backends.torch_backend import TorchBackend
+
+    committed = Path(__file__).resolve().parents[1] / "model_repo"
+    for name in ("fmnist_denoised_mse_s025", "fmnist_dncnn_mse_s025", "fmnist_cnn_plain"):
+        shutil.copytree(committed / name, tmp_path / name)
+    batch = np.clip(np.random.default_rng(4).random((256, 1, 28, 28), dtype=np.float32)
+                    + np.float32(0.25) * np.random.default_rng(5).standard_normal(
+                        (256, 1, 28, 28), dtype=np.float32), -1, 2)  # fmt: skip
+
+    async def votes(backend):
+        try:
+            states = await backend.start()
+            model = states.ready["fmnist_denoised_mse_s025"]["1"]
+            return np.asarray(await backend.classify(model, batch))
+        finally:
+            await backend.close()
+
+    eager = asyncio.run(votes(TorchBackend(tmp_path, device="cpu")))
+    embedded = asyncio.run(votes(OnnxRuntimeBackend(tmp_path)))
+    assert np.mean(eager == embedded) >= 0.99, np.mean(eager == embedded)
 
 
 def test_an_ensemble_fingerprint_covers_its_components(repo, tmp_path):

@@ -76,20 +76,28 @@ def latest_version(model_dir: Path) -> str:
 def export_one(
     checkpoint: Path, repo: Path, version: str | None, tolerance: float
 ) -> tuple[Path, float]:
-    from smoothcert.model_config import SmoothModelConfig
+    from smoothcert.model_config import ComponentConfig, SmoothModelConfig
     from smoothtrain.checkpoint import load_model
+    from smoothtrain.denoise import load_denoiser
 
-    model, cfg, state = load_model(checkpoint)
     model_dir = repo / checkpoint.stem
     version_dir = model_dir / (version or latest_version(model_dir))
-    config = SmoothModelConfig.from_pbtxt((model_dir / "config.pbtxt").read_text())
-    shape = tuple(int(d) for d in state["input_shape"])
-    if shape != tuple(config.input_shape):
+    text = (model_dir / "config.pbtxt").read_text()
+    component = ComponentConfig.from_pbtxt(text)
+    # a smoothed model is checked under its own noise; an ensemble's component under sigma 0.5
+    sigma = SmoothModelConfig.from_pbtxt(text).sigma if component.smoothed else 0.5
+    if "input_shape" in torch.load(checkpoint, map_location="cpu", weights_only=False):
+        model, _, state = load_model(checkpoint)
+        shape = tuple(int(d) for d in state["input_shape"])
+    else:  # a denoiser (smoothtrain.denoise): same shape in and out
+        model, _, _ = load_denoiser(checkpoint)
+        shape = tuple(component.inputs[0].dims)
+    if shape != tuple(component.inputs[0].dims):
         raise ValueError(
-            f"{checkpoint}: input shape {shape}, the repository says {config.input_shape}"
+            f"{checkpoint}: input shape {shape}, the repository says {component.inputs[0].dims}"
         )
     path = write_torchscript(model, shape, version_dir / TORCHSCRIPT_FILE)
-    difference = max_difference_to_onnx(path, version_dir / "model.onnx", shape, config.sigma)
+    difference = max_difference_to_onnx(path, version_dir / "model.onnx", shape, sigma)
     if difference > tolerance:
         path.unlink()
         raise AssertionError(f"{path}: logits differ from model.onnx by {difference:.2e}")

@@ -6,8 +6,8 @@ crosses the host: per segment, x + sigma * randn is built on the device from the
 scheduler drew (a Philox torch.Generator on CUDA; on the CPU NumPy's PCG64 from
 ``noise.noise_generator``, as torch's CPU generator keeps only 32 bits of a seed), the argmax is
 taken there and only the class indices come back. torch is imported only when this
-backend is chosen. An ensemble (``repository.py``: a denoiser, then a classifier) fails to load
-here: this backend has no TorchScript twin of a composition.
+backend is chosen. An ensemble (``repository.py``: a denoiser, then a classifier) runs as its
+components' twins composed into one scripted module (``load_network``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,39 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in 2.x
         return torch.jit.load(str(path), map_location=device).eval()
+
+
+class _Chain(torch.nn.Module):
+    """An ensemble's components run in turn (denoised smoothing: a denoiser, then a
+    classifier), scripted as one module so it is frozen and optimized as any twin."""
+
+    def __init__(self, steps: list[torch.jit.ScriptModule]) -> None:
+        super().__init__()
+        self.steps = torch.nn.ModuleList(steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def load_network(model: ModelVersion, device: torch.device) -> torch.jit.ScriptModule:
+    """A model's TorchScript twin; for an ensemble, its components' twins composed (each
+    ``<component>/<version>/model.pt`` beside the step's model.onnx). FileNotFoundError names
+    a missing twin."""
+    paths = [step.path.parent / TORCHSCRIPT_FILE for step in model.steps] if model.steps else [
+        Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
+    ]  # fmt: skip
+    for path in paths:
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no {TORCHSCRIPT_FILE} beside "
+                                    f"{path.parent / 'model.onnx' if path else model.path} "
+                                    "(run python -m smoothtrain.torchscript)")  # fmt: skip
+    if not model.steps:
+        return load_torchscript(paths[0], device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_Chain([load_torchscript(p, device) for p in paths])).eval()
 
 
 def optimized(module: torch.jit.ScriptModule, device: torch.device) -> torch.jit.ScriptModule:
@@ -94,22 +127,14 @@ class TorchBackend(Backend):
     async def load_model(self, states: ModelStates, name: str) -> None:
         loaded = []
         for model in states.ready[name].values():
-            if model.steps:  # an ensemble (repository.py): no TorchScript twin of a composition
-                chain = " -> ".join(step.name for step in model.steps)
-                states.fail(name, f"{name}/config.pbtxt: an ensemble ({chain}); the torch backend "
-                                  "does not compose models: serve it with --backend onnxruntime "
-                                  "or triton")  # fmt: skip
-                break
-            path = Path(model.path).parent / TORCHSCRIPT_FILE if model.path else None
-            if path is None or not path.is_file():
-                states.fail(name, f"no {TORCHSCRIPT_FILE} beside {model.path} "
-                                  "(run python -m smoothtrain.torchscript)")  # fmt: skip
-                break
             try:
-                self._networks[model.key] = self._load(model, path)
+                self._networks[model.key] = self._load(model)
                 loaded.append(model)
+            except FileNotFoundError as exc:
+                states.fail(name, str(exc))
+                break
             except Exception as exc:  # a corrupt file raises whatever torch raises
-                states.fail(name, f"{path}: {first_line(exc)}")
+                states.fail(name, f"{model.name} version {model.version}: {first_line(exc)}")
                 break
         if name in states.failed:
             for model in loaded:
@@ -118,16 +143,16 @@ class TorchBackend(Backend):
     def unload_model(self, model: ModelVersion) -> None:
         self._networks.pop(model.key, None)
 
-    def _load(self, model: ModelVersion, path: Path) -> _Network:
+    def _load(self, model: ModelVersion) -> _Network:
         shape = tuple(model.config.input_shape)
-        module = load_torchscript(path, self.device)
+        module = load_network(model, self.device)
         probe = self._probe_batch(model)
         with torch.no_grad():
             logits = module(probe)
         check_logits(model.config, logits.cpu().numpy(), len(probe))
         network = _Network(module, torch.float32, shape)
         if self.half:
-            network = self._try_half(model, path, probe, logits.argmax(1)) or network
+            network = self._try_half(model, probe, logits.argmax(1)) or network
         network.module = self._optimize(model, network, probe, logits.argmax(1))
         if self.cuda_graphs:
             network.graph = CudaGraphRunner(
@@ -148,11 +173,11 @@ class TorchBackend(Backend):
         return (x + model.config.sigma * noise).flatten(0, 1)
 
     def _try_half(
-        self, model: ModelVersion, path: Path, probe: torch.Tensor, reference: torch.Tensor
+        self, model: ModelVersion, probe: torch.Tensor, reference: torch.Tensor
     ) -> _Network | None:
         """The FP16 network, if its argmax agrees with FP32's on the probe batch."""
         try:
-            module = load_torchscript(path, self.device).half()
+            module = load_network(model, self.device).half()
             with torch.no_grad():
                 classes = module(probe.half()).argmax(1)
         except RuntimeError as exc:
