@@ -231,13 +231,12 @@ def test_models_without_torchscript_are_refused(tmp_path) -> None:
 def test_half_precision_falls_back_when_it_disagrees(twin_repo) -> None:
     backend = TorchBackend(twin_repo, device="cpu")
     model = latest(asyncio.run(backend.start()).ready["linear"])
-    path = Path(model.path).parent / "model.pt"
     probe = backend._probe_batch(model)
     reference = backend._networks[model.key].module(probe).argmax(1)
     backend.half_max_disagreement = 1.0
-    assert backend._try_half(model, path, probe, reference).dtype == torch.float16
+    assert backend._try_half(model, probe, reference).dtype == torch.float16
     backend.half_max_disagreement = -1.0  # any disagreement at all is too much
-    assert backend._try_half(model, path, probe, reference) is None
+    assert backend._try_half(model, probe, reference) is None
 
 
 def test_segments_draw_from_their_whole_seed() -> None:
