@@ -16,6 +16,7 @@ import asyncio
 import json
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -162,6 +163,9 @@ def broken(tmp_path: Path, case: str) -> tuple[Path, str]:
             steps[1],
         ))  # fmt: skip
         return repo, "a step names a model folder of the same repository"
+    if case == "labels":  # three labels on the ensemble, two logits from its classifier
+        rewrite_steps(repo, "denoised", labels=("a", "b", "c"))
+        return repo, "one logit per label"
     if case == "nested":
         rewrite_steps(repo, "denoised", ensemble_steps=(
             steps[0], EnsembleStep("denoised_cls", -1, (("input", "denoised"),),
@@ -188,7 +192,7 @@ def broken(tmp_path: Path, case: str) -> tuple[Path, str]:
 
 
 FAILURES = ("missing_component", "missing_file", "shape_mismatch", "not_linear", "cycle",
-            "outside", "nested", "no_version", "batch_too_large")  # fmt: skip
+            "outside", "labels", "nested", "no_version", "batch_too_large")  # fmt: skip
 
 
 @pytest.mark.parametrize("case", FAILURES)
@@ -457,3 +461,25 @@ def test_the_verifier_recomputes_the_composition_from_the_repository(tmp_path, k
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")  # another file
     code, out = verify(tmp_path / "r.json", key, "--model", repo)
     assert code != 0 and "composition's SHA-256" in out, out
+
+
+def test_a_component_is_refused_on_every_door(server):
+    """Native gRPC (above), OIP gRPC and OIP REST all refuse a request naming a component with
+    not-found and say what it is; the metrics page does not grow a label for it."""
+    import tritonclient.http as triton_http
+
+    grpc_tensor = triton_grpc.InferInput("input", [1, *X.shape], "FP32")
+    grpc_tensor.set_data_from_numpy(X[None])
+    with pytest.raises(InferenceServerException) as oip_grpc:
+        triton_grpc.InferenceServerClient(server.address).infer("denoiser", [grpc_tensor])
+    assert oip_grpc.value.status() == "StatusCode.NOT_FOUND", oip_grpc.value
+    assert "a component of ensemble" in oip_grpc.value.message()
+    rest_tensor = triton_http.InferInput("input", [1, *X.shape], "FP32")
+    rest_tensor.set_data_from_numpy(X[None])
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    with pytest.raises(InferenceServerException) as oip_rest:
+        rest.infer("denoiser", [rest_tensor])
+    assert oip_rest.value.status() == "404", oip_rest.value
+    assert "a component of ensemble" in oip_rest.value.message()
+    with urllib.request.urlopen(server.metrics_url) as page:
+        assert 'model="denoiser"' not in page.read().decode()

@@ -169,6 +169,43 @@ def steps_of(config: ModelConfig) -> tuple[EnsembleStep, ...]:
     return tuple(EnsembleStep.from_proto(s) for s in config.ensemble_scheduling.step)
 
 
+MAX_VERSION = 2**63 - 1  # versions travel as int64 (Triton) and as strings of <= 19 digits
+
+
+def is_version_name(name: str) -> bool:
+    """A version folder is a canonical decimal number that fits in int64: "0", "12", never
+    "007" (Triton ignores a leading zero), "00" (it would be a second version 0) or 23 digits
+    (a version no request can name). ``isdigit`` alone also accepts '²'."""
+    return (
+        name.isascii()
+        and name.isdigit()
+        and (name == "0" or not name.startswith("0"))
+        and int(name) <= MAX_VERSION
+    )
+
+
+def is_model_name(name: str) -> bool:
+    """A step's model is a folder of the same repository: never a path out of it."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def step_version(name: str, found: set[int], policy: VersionPolicy, wanted: int) -> int:
+    """The version an ensemble step runs, as Triton loads it: ``wanted``, or the latest that
+    the component's version policy serves (-1), out of the versions ``found`` with model.onnx.
+    ModelConfigError says why none (the server and ``smoothserve-verify`` both resolve here)."""
+    served = policy.select(found)
+    if wanted == -1:
+        if not served:
+            raise ModelConfigError(f"{name}: no <version>/{MODEL_FILE}")
+        return max(served)
+    if wanted not in found:
+        raise ModelConfigError(f"version {wanted} of {name!r} has no {name}/{wanted}/{MODEL_FILE}")
+    if wanted not in served:
+        raise ModelConfigError(f"version {wanted} of {name!r} is not among those its "
+                               f"version_policy serves ({sorted(served)})")  # fmt: skip
+    return wanted
+
+
 def component_config_text(
     name: str, inputs: dict[str, tuple[int, ...]], outputs: dict[str, tuple[int, ...]],
     max_batch_size: int, parameters: dict[str, str] | None = None, batching: bool = True,

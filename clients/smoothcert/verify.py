@@ -37,7 +37,10 @@ from .model_config import (
     ModelConfigError,
     SmoothModelConfig,
     ensemble_sha256,
+    is_model_name,
+    is_version_name,
     sha256_of,
+    step_version,
 )
 from .procedures.selection import selection_problems
 from .records import (
@@ -304,17 +307,13 @@ def composition_sha256(config: SmoothModelConfig, repo: Path) -> str:
     steps = []
     for step in config.ensemble_steps:
         name = step.model_name
-        if Path(name).name != name or name in ("", ".", ".."):
+        if not is_model_name(name):
             raise ModelConfigError(f"step {name!r} is not a model folder of the repository")
         folder = repo / name
         component = ComponentConfig.from_pbtxt((folder / "config.pbtxt").read_text())
-        found = {int(v.name) for v in folder.iterdir() if v.name.isascii() and v.name.isdigit()
-                 and (v.name == "0" or not v.name.startswith("0")) and (v / MODEL_FILE).is_file()}  # fmt: skip
-        served = component.version_policy.select(found)
-        version = step.model_version if step.model_version != -1 else max(served, default=None)
-        if version is None or version not in served:
-            raise ModelConfigError(f"{name}: no served version {step.model_version} with "
-                                   f"{MODEL_FILE}")  # fmt: skip
+        found = {int(v.name) for v in folder.iterdir()
+                 if is_version_name(v.name) and (v / MODEL_FILE).is_file()}  # fmt: skip
+        version = step_version(name, found, component.version_policy, step.model_version)
         steps.append((name, sha256_of(folder / str(version) / MODEL_FILE)))
     return ensemble_sha256(steps)
 

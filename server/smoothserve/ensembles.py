@@ -15,7 +15,9 @@ from smoothcert.model_config import (
     ModelConfigError,
     SmoothModelConfig,
     TensorSpec,
+    is_model_name,
     sha256_of,
+    step_version,
 )
 
 from .errors import InvalidArgument
@@ -39,11 +41,6 @@ class ComponentVersion:
     input: TensorSpec
     output: TensorSpec
     max_batch_size: int
-
-
-def is_model_name(name: str) -> bool:
-    """A step's model is a folder of the same repository: never a path out of it."""
-    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
 def component_description(ensembles: list[str]) -> str:
@@ -171,26 +168,15 @@ def resolve_ensemble(repo: Path, config: SmoothModelConfig) -> tuple[ComponentVe
 
 def _component_version(component_dir: Path, component: ComponentConfig, wanted: int,
                        where: str) -> str:  # fmt: skip
-    """The version folder a step runs: ``wanted``, or the latest its version policy serves
-    (-1); it must hold model.onnx and be served by the component's version policy (as Triton
-    loads it)."""
-    name = component_dir.name
+    """The version folder a step runs (``smoothcert.model_config.step_version``)."""
     try:
         found = {int(v.name) for v in version_folders(component_dir) if (v / MODEL_FILE).is_file()}
     except OSError:
         found = set()
-    served = component.version_policy.select(found)
-    if wanted == -1:
-        if not served:
-            raise ModelConfigError(f"{where}: {name}: no <version>/{MODEL_FILE}")
-        return str(max(served))
-    if wanted not in found:
-        raise ModelConfigError(f"{where}: version {wanted} of {name!r} has no {name}/{wanted}/"
-                               f"{MODEL_FILE}")  # fmt: skip
-    if wanted not in served:
-        raise ModelConfigError(f"{where}: version {wanted} of {name!r} is not among those its "
-                               f"version_policy serves ({sorted(served)})")  # fmt: skip
-    return str(wanted)
+    try:
+        return str(step_version(component_dir.name, found, component.version_policy, wanted))
+    except ModelConfigError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from None
 
 
 def ensemble_components(model_dir: Path) -> list[str]:

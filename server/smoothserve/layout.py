@@ -5,22 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from smoothcert.model_config import MAX_VERSION, is_version_name
+
+__all__ = ["MAX_VERSION", "is_version_name", "version_folders"]
+
 log = logging.getLogger("smoothserve.repository")
-MAX_VERSION = 2**63 - 1  # versions travel as int64 (Triton) and as strings of <= 19 digits
-
-
-def is_version_name(name: str) -> bool:
-    """A version folder is a canonical decimal number that fits in int64: "0", "12", never
-    "007" (Triton ignores a leading zero), "00" (it would be a second version 0) or 23 digits
-    (a version no request can name). ``isdigit`` alone also accepts '²'."""
-    return (
-        name.isascii()
-        and name.isdigit()
-        and (name == "0" or not name.startswith("0"))
-        and int(name) <= MAX_VERSION
-    )
-
-
 def version_folders(model_dir: Path) -> list[Path]:
     """The model's version folders; any other folder is ignored (as Triton does), with a log
     line, so a "007" or a 23-digit folder does not silently go unserved."""
