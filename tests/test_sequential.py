@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import LINEAR_SIGMA
-from scipy.stats import binom, norm
+from scipy.stats import beta, binom, norm
 from servers import metric
 from test_linear_radius import point_at, true_radius
 
@@ -24,6 +24,7 @@ from smoothcert.procedures import look_schedule
 from smoothcert.procedures.anytime import anytime_alpha, anytime_look, anytime_look_v2
 from smoothcert.procedures.target_radius import (
     EARLY_ABSTAIN_LEVEL,
+    PROJECTION_LEVEL,
     target_levels,
     target_levels_v2,
     target_radius_look,
@@ -169,6 +170,42 @@ def test_futility_abstains_once_no_later_look_can_certify():
     plan = (target, GAUSSIAN, sigma, alpha)
     assert target_radius_look(63, 64, 1, schedule, *plan).decision == "abstain"
     assert target_radius_look(64, 64, 1, schedule, *plan).decision == "continue"
+
+
+@pytest.mark.parametrize("sigma, target", [(0.25, 0.5), (0.5, 0.25), (0.5, 1.0)])
+def test_projected_futility_against_its_definition(sigma, target):
+    """Projected futility (format v3): at the first look with alpha where it decides, the test
+    abstains exactly when no later look would certify with the votes so far plus floor(U (n_j
+    - n)) more, U the Clopper-Pearson upper bound at PROJECTION_LEVEL, computed here from
+    scipy's beta quantiles (not smoothcert.bounds). At that edge the older rules alone (every
+    further vote to c_A; the upper bound at EARLY_ABSTAIN_LEVEL) would go on."""
+    alpha, cap = 0.001, 100_000
+    schedule = target_schedule(64, cap, target, GAUSSIAN, sigma, alpha)
+    levels = target_levels(schedule, target, GAUSSIAN, sigma, alpha)
+    threshold = PHI.cdf(target / sigma)
+
+    def lower(c, m, a):
+        return 0.0 if c == 0 else beta.ppf(a, c, m - c + 1)
+
+    def possible(c, k, rate=None):  # some later look certifies with floor(rate (m - n)) more
+        n = schedule[k]
+        return any(lower(c + math.floor((rate or 1.0) * (m - n)), m, v) > threshold
+                   for m, v in zip(schedule[k + 1:], levels[k + 1:], strict=True) if v)  # fmt: skip
+
+    def hopeful(c, k):
+        n = schedule[k]
+        return possible(c, k, 1.0 if c == n else beta.ppf(1 - PROJECTION_LEVEL, c + 1, n - c))
+
+    def edge(k):  # the largest count the projection gives up on (hopeful is monotone in c)
+        return next(c for c in range(schedule[k], -1, -1) if not hopeful(c, k))
+
+    k = next(k for k, v in enumerate(levels[:-1]) if v and possible(edge(k), k)
+             and upper_confidence_bound(edge(k), schedule[k], EARLY_ABSTAIN_LEVEL) >= threshold)
+    n, c = schedule[k], edge(k)
+    assert hopeful(c + 1, k) and not hopeful(c, k) and lower(c + 1, n, levels[k]) <= threshold
+    plan = (schedule, target, GAUSSIAN, sigma, alpha)
+    assert target_radius_look(c, n, k + 1, *plan).decision == "abstain"
+    assert target_radius_look(c + 1, n, k + 1, *plan).decision == "continue"
 
 
 @pytest.mark.parametrize("sigma, target", [(0.25, 0.5), (0.25, 0.75), (0.5, 0.75), (0.5, 1.0)])

@@ -52,6 +52,13 @@ from .base import (
 # against alpha / K: a third to a half fewer samples at r = 0.5 and 0.75 on 200 test images,
 # certified accuracy within one image; see docs/benchmarks.md).
 EARLY_ABSTAIN_LEVEL = 0.05
+# ... and once no later look would certify even if the votes went on coming at the upper
+# bound on p_A at this level (projected futility; format v3 on). Also a stopping rule that
+# spends no alpha: it drops the inputs that sit so close to the threshold that even the cap
+# would barely certify them, which cost tens of thousands of samples each. 0.02 against 0.01,
+# 0.05, 0.1 and 0.2 in bench/target_grid.py: 1.3x to 2x fewer samples on average at most
+# radii, certified accuracy within 0.06 points of the rule without it.
+PROJECTION_LEVEL = 0.02
 # Format v3's looks: each RATIO times the last, rounded up (bench/target_grid.py: 5/4 against
 # 3/2, 7/5 and 2); FIRST_SHARE of alpha on the first look that can certify, the rest evenly on
 # the later ones (1/3 against 0, 1/4 and 1/2).
@@ -145,6 +152,29 @@ def target_levels(
     return tuple(levels)
 
 
+@functools.lru_cache(maxsize=1024)  # bounded: clients choose the target radius
+def certifying_counts(
+    schedule: tuple[int, ...], target: float, family: NoiseFamily, scale: float, alpha: float,
+    v2: bool = False,
+) -> tuple[int, ...]:
+    """For each look, the fewest votes for c_A that certify there (the Clopper-Pearson lower
+    bound at the look's level above the threshold; the bound grows with the votes, so a
+    bisection finds it), n + 1 for a look with no alpha or none that can."""
+    levels = (target_levels_v2 if v2 else target_levels)(schedule, target, family, scale, alpha)
+    threshold = family.threshold(target, scale)
+    counts = []
+    for n, level in zip(schedule, levels, strict=True):
+        lo, hi = 0, n + 1
+        while level and lo < hi:
+            mid = (lo + hi) // 2
+            if mid <= n and lower_confidence_bound(mid, n, level) > threshold:
+                hi = mid
+            else:
+                lo = mid + 1
+        counts.append(lo if level else n + 1)
+    return tuple(counts)
+
+
 def target_schedule(
     first: int, cap: int, target: float, family: NoiseFamily, scale: float, alpha: float
 ) -> tuple[int, ...]:
@@ -170,10 +200,12 @@ def target_radius_look(
     Clopper-Pearson lower bound at the look's level from ``target_levels`` (``v2``:
     ``target_levels_v2``, for format v2 records): "certified" when
     the level is positive and the bound exceeds the threshold. "abstain" at the last look;
-    when no later look could certify even if every further vote went to c_A (futility); or
-    when the upper bound at ``EARLY_ABSTAIN_LEVEL`` falls below the threshold (early
-    abstention, as Horvath et al.); else "continue". Abstaining is always safe, so these rules
-    cost no validity and need no alpha.
+    when no later look could certify even if every further vote went to c_A (futility); when
+    the upper bound at ``EARLY_ABSTAIN_LEVEL`` falls below the threshold (early abstention, as
+    Horvath et al.); or (not in v2) when no later look would certify even if the further votes
+    came at U, the upper bound on p_A at ``PROJECTION_LEVEL`` (count_a + floor(U (n_j - n))
+    votes at look j: projected futility); else "continue". Abstaining is always safe, so these
+    rules cost no validity and need no alpha.
 
     Guarantee: if p_A <= threshold(target) for the class c_A chosen from separate selection
     samples, the probability that any look answers "certified" is at most alpha, whatever the
@@ -185,8 +217,8 @@ def target_radius_look(
         raise ValueError("look must lie in [1, len(schedule)] and n be that look's size")
     if not (target > 0 and scale > 0 and 0 < alpha < 0.5):
         raise ValueError("need target > 0, scale > 0 and alpha in (0, 0.5)")
-    levels = (target_levels_v2 if v2 else target_levels)(tuple(schedule), target, family, scale,
-                                                         alpha)  # fmt: skip
+    plan = (tuple(schedule), target, family, scale, alpha)
+    levels = target_levels_v2(*plan) if v2 else target_levels(*plan)
     threshold = family.threshold(target, scale)
     level = levels[look - 1]
     # A look with no alpha reports its bound at the smallest level any look uses.
@@ -195,11 +227,12 @@ def target_radius_look(
     radius = family.radius(p_a_lower, scale)
     if level and p_a_lower > threshold:
         return Look(CERTIFIED, p_a_lower, radius, level)
-    still_possible = any(
-        lower_confidence_bound(count_a + size - n, size, v) > threshold
-        for size, v in zip(schedule[look:], levels[look:], strict=True)
-        if v
-    )
+    later = list(zip(schedule[look:], certifying_counts(*plan, v2=v2)[look:], strict=True))
+    still_possible = any(count_a + size - n >= need for size, need in later)
+    if not v2 and still_possible:
+        rate = upper_confidence_bound(count_a, n, PROJECTION_LEVEL)
+        still_possible = any(count_a + math.floor(rate * (size - n)) >= need
+                             for size, need in later)  # fmt: skip
     if (
         look == looks
         or not still_possible
