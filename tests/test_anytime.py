@@ -25,6 +25,7 @@ from smoothcert.procedures.anytime import (
     timed_look_size,
     untimed_schedule,
 )
+from smoothserve.dataplane import LOOK_TIME_SHARE
 
 GAUSSIAN = FAMILIES["gaussian"]
 
@@ -144,7 +145,9 @@ def test_timed_look_sizes_follow_the_clock():
     assert timed_look_size(0, 100_000, 64, 20, 0.0) == 20
     assert timed_look_size(0, 100_000, 64, 0, 0.0) == MIN_FIRST_LOOK
     assert timed_look_size(0, 30, 64, 10_000, 0.0) == 30
-    # the second: a third of what fits; then all of it
+    # the second: all that fits once the time per sample is measured on large draws; before,
+    # a third of it (to measure it), then all of it
+    assert timed_look_size(64, 100_000, 64, 6000, 0.0, looks=1, calibrated=True) == 6064
     assert timed_look_size(64, 100_000, 64, 6000, 0.0, looks=1) == 64 + 2000
     assert timed_look_size(3064, 100_000, 64, 3000, 0.0, 6064, looks=2) == 6064
     assert timed_look_size(64, 1000, 64, 6000, 0.0, looks=1) == 1000  # the cap
@@ -174,22 +177,28 @@ def test_the_best_look_answers():
 
 def timed_schedule(rng, cap: int, first: int, tolerance: float) -> tuple[tuple[int, ...], int]:
     """Looks as the server sizes them under a deadline, from a simulated clock (random time
-    per sample and deadline, drawn apart from the votes): the sizes and the horizon."""
+    per sample, deadline and calibration, drawn apart from the votes): the sizes and the
+    horizon (LOOK_TIME_SHARE of what fits before the second look). A look may be cut by the
+    deadline: it keeps a random share of its samples, as a look if that adds a tenth."""
     per_sample = rng.uniform(0.5, 2.0)
     budget = rng.uniform(20, 6000)  # samples' worth of time at unit speed
+    calibrated = rng.random() < 0.5
     made, drawn, horizon = [], 0, 0
     while True:
         fits = int((budget - drawn * per_sample) / per_sample * rng.uniform(0.7, 1.1))
-        size = timed_look_size(drawn, cap, first, fits, tolerance, horizon, len(made))
+        size = timed_look_size(drawn, cap, first, fits, tolerance, horizon, len(made),
+                               calibrated)  # fmt: skip
         if size == 0:
             break
         if len(made) == 1:
-            horizon = max(made[0], min(cap, drawn + max(fits, 0)))
+            horizon = max(made[0], min(cap, drawn + int(LOOK_TIME_SHARE * max(fits, 0))))
+        if made and rng.random() < 0.3:  # cut by the deadline
+            kept = int(rng.uniform(0, 1) * (size - drawn))
+            if kept >= max(1, math.ceil(drawn / 10)):
+                made.append(drawn + kept)
+            break
         made.append(size)
         drawn = size
-        if len(made) > 1 and rng.random() < 0.05:  # cut by the deadline: the looks before stand
-            made.pop()
-            break
     return tuple(made), horizon
 
 

@@ -18,7 +18,7 @@ from smoothserve.metrics import Metrics
 from smoothserve.noise import noise_generator
 from smoothserve.repository import ModelVersion, latest
 from smoothserve.sampling import DeviceNoise, HostNoise
-from smoothserve.scheduler import BatchScheduler
+from smoothserve.scheduler import BatchScheduler, Tally
 
 
 class SeededNoiseBackend(OnnxRuntimeBackend):
@@ -299,6 +299,40 @@ def test_cancellation_and_fail_all(linear_repo, device: bool) -> None:
     left, small, abandoned = asyncio.run(main())
     assert left == 0 and small.sum() == 500
     assert 0 < abandoned < 10**9
+
+
+@STRATEGIES
+def test_a_cancelled_job_keeps_the_votes_of_its_classified_batches(linear_repo, device) -> None:
+    """What a deadline's cut look keeps: the tally of a cancelled job holds whole segments'
+    votes, counts that sum to its samples, and nothing is added after the cancellation."""
+
+    async def main():
+        scheduler, metrics = await make_scheduler(linear_repo, 256, depth=2, device=device)
+        tally = Tally(np.zeros(2, np.int64))
+        job = asyncio.ensure_future(scheduler.count(GREY, 10**9, noise_generator(1), None,
+                                                    False, tally))  # fmt: skip
+        await asyncio.sleep(0.1)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        kept = (tally.samples, tally.counts.copy())
+        await asyncio.sleep(0.05)  # batches still in flight finish without adding to it
+        await scheduler.close()
+        return kept, tally
+
+    (samples, counts), tally = asyncio.run(main())
+    assert samples > 0 and samples % 64 == 0 and counts.sum() == samples
+    assert tally.samples == samples and (tally.counts == counts).all()
+    with pytest.raises(ValueError, match="starts empty"):
+        asyncio.run(make_and_count_with(linear_repo, Tally(np.ones(2, np.int64))))
+
+
+async def make_and_count_with(repo, tally: Tally):
+    scheduler, _ = await make_scheduler(repo, 256)
+    try:
+        return await scheduler.count(GREY, 10, noise_generator(1), tally=tally)
+    finally:
+        await scheduler.close()
 
 
 def test_close_stops_the_host_noise_threads(linear_repo) -> None:

@@ -46,7 +46,7 @@ from .request import (  # noqa: F401 - PREDICT..MAX_RANK: the request's names, r
     check_request_bounds,
     quote,
 )
-from .scheduler import BatchScheduler
+from .scheduler import BatchScheduler, Tally
 from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
@@ -60,9 +60,10 @@ ANSWER_MARGIN_MAX_S = 0.1
 # threads, which share the cores with the noise and the network, grows with the look cut at the
 # margin (a 1 s anytime request lost about one answer in ten to it without).
 ANSWER_MARGIN_SHARE = 0.02
-# A look sized to the time left plans to use this share of it (the rest absorbs the error of
-# the measured time per sample).
-LOOK_TIME_SHARE = 0.9
+# The last look is sized to all the time left, and the deadline cuts it if the measured time per
+# sample was optimistic; the horizon, which sets the looks' levels, is this share of it, so that a
+# look cut a little short still gets nearly all of alpha (a look past the horizon gets more).
+LOOK_TIME_SHARE = 0.8
 
 
 class DrawClock:
@@ -374,11 +375,17 @@ class DataPlane:
                 x = await sound_input(request, model, x)
             rng = noise_generator(request.seed)
 
-            async def draw(num: int) -> np.ndarray:
+            async def draw(num: int, tally: Tally | None = None) -> np.ndarray:
                 began = time.perf_counter()
-                with span("sampling", samples=num):
-                    counts = await scheduler.count(x, num, rng, ticket.release, sound)
-                sampling[0] += time.perf_counter() - began
+                try:
+                    with span("sampling", samples=num):
+                        counts = await scheduler.count(x, num, rng, ticket.release, sound, tally)
+                except asyncio.CancelledError:
+                    if tally is not None and tally.samples:  # a look cut at the margin
+                        clock.add(tally.samples, time.perf_counter() - began)
+                    raise
+                finally:
+                    sampling[0] += time.perf_counter() - began
                 clock.add(num, time.perf_counter() - began)
                 check_counts(counts, num, model)
                 return counts
@@ -396,8 +403,8 @@ class DataPlane:
                 if procedure.selects:
                     chosen = await self._selection(request, procedure, n0, draw, clock,
                                                    model.config.num_classes)  # fmt: skip
-                done = await self._looks(request, procedure, plan, draw, chosen, clock,
-                                         model.config.num_classes, early)  # fmt: skip
+                done = await self._looks(request, procedure, plan, draw, chosen, clock, model,
+                                         early)  # fmt: skip
             finally:
                 if early is not None and not early[1].done():
                     early[1].cancel()
@@ -548,7 +555,7 @@ class DataPlane:
 
     async def _looks(
         self, request: PredictInput, procedure: Procedure, plan: Plan, draw,
-        selection_counts: np.ndarray | None, clock: DrawClock, classes: int, early=None,
+        selection_counts: np.ndarray | None, clock: DrawClock, model: ModelVersion, early=None,
     ) -> Looks:  # fmt: skip
         """The estimation samples, drawn look by look on the procedure's schedule (one look
         at n unless it is sequential), each look decided by the procedure
@@ -557,9 +564,9 @@ class DataPlane:
         answers with its best look."""
         if procedure.timed and request.deadline is not None:
             return await self._timed_looks(request, procedure, plan, draw, selection_counts,
-                                           clock, classes, early)  # fmt: skip
+                                           clock, model, early)  # fmt: skip
         schedule = procedure.schedule(plan)
-        counts = np.zeros(classes, np.int64)
+        counts = np.zeros(model.config.num_classes, np.int64)
         outcomes: list[Outcome] = []
         snapshots: list[np.ndarray] = []
         drawn = 0
@@ -577,15 +584,18 @@ class DataPlane:
 
     async def _timed_looks(
         self, request: PredictInput, procedure: Procedure, plan: Plan, draw,
-        selection_counts: np.ndarray | None, clock: DrawClock, classes: int, early=None,
+        selection_counts: np.ndarray | None, clock: DrawClock, model: ModelVersion, early=None,
     ) -> Looks:  # fmt: skip
         """Anytime looks under a deadline: each sized by ``anytime.timed_look_size`` to what
-        the time left (less the answer margin, ``LOOK_TIME_SHARE`` of it) holds at the measured
-        time per sample (``DrawClock``), the horizon fixed before the second look as all the
-        samples the time left holds; a look still running at the margin is cut and the looks
-        before it stand. Sizes and horizon come from the clock, never from the votes. Answers
-        with the best look; DeadlineExceeded only when the first look is not back in time.
-        ``early``: the first look's size and its draw, started beside the selection."""
+        the time left (less the answer margin) holds at the measured time per sample
+        (``DrawClock``), the horizon fixed before the second look as ``LOOK_TIME_SHARE`` of the
+        samples the time left holds. A look still running at the margin is cut there and keeps
+        the batches classified by then, a look of that many samples if it adds at least a
+        tenth to the samples before it (else the looks before it stand). Sizes, cuts and
+        horizon come from the clock, never from the votes. Answers with the best look;
+        DeadlineExceeded only when the first look is not back in time. ``early``: the first
+        look's size and its draw, started beside the selection."""
+        classes = model.config.num_classes
         counts = np.zeros(classes, np.int64)
         made: list[int] = []
         outcomes: list[Outcome] = []
@@ -594,35 +604,43 @@ class DataPlane:
         while True:
             left = self._seconds_left(request)
             # the first look shrinks only for a clock measured on a large draw
-            fits = (clock.fits(left * LOOK_TIME_SHARE) if made
-                    else clock.fits(left) if clock.calibrated else plan.first_look)  # fmt: skip
+            fits = clock.fits(left) if made or clock.calibrated else plan.first_look
             size = anytime.timed_look_size(drawn, plan.cap, plan.first_look, fits,
-                                           plan.tolerance, plan.horizon, len(made))  # fmt: skip
+                                           plan.tolerance, plan.horizon, len(made),
+                                           clock.calibrated)  # fmt: skip
             if not made and early is not None:
                 size = early[0]
             if size == 0:
                 break
             if len(made) == 1:  # the horizon, fixed before the second look, from the clock
-                plan = replace(plan, horizon=max(made[0], min(plan.cap, drawn + fits)))
+                horizon = drawn + int(LOOK_TIME_SHARE * fits)
+                plan = replace(plan, horizon=max(made[0], min(plan.cap, horizon)))
             stop_at = request.deadline if not made else time.monotonic() + left
+            tally = Tally(np.zeros(classes, np.int64))
             try:
                 async with asyncio.timeout_at(self._loop_time(stop_at)):
                     if not made and early is not None:
                         counts += await early[1]
                     else:
-                        counts += await draw(size - drawn)
+                        counts += await draw(size - drawn, tally)
+                drawn = size
             except TimeoutError:
                 if not made:
                     raise DeadlineExceeded("the deadline passed before the first look was "
                                            "complete") from None  # fmt: skip
-                ended = stop_at  # the look cut at the margin: the looks before it stand
-                break
-            drawn = size
-            made.append(size)
+                ended = stop_at
+                if tally.samples < max(1, math.ceil(drawn / 10)):
+                    break  # the looks before it stand
+                check_counts(tally.counts, tally.samples, model)
+                counts += tally.counts  # the look cut at the margin: what was classified by then
+                drawn += tally.samples
+            made.append(drawn)
             outcome = self._decide(procedure, plan, tuple(made), len(made), selection_counts,
                                    counts)  # fmt: skip
             outcomes.append(outcome)
             snapshots.append(counts.copy())
+            if ended is not None:
+                break
             if outcome.decision != CONTINUE:
                 decided = True
                 break

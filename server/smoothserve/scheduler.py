@@ -47,11 +47,21 @@ UNDECIDED = (
 
 
 @dataclass(eq=False)
+class Tally:
+    """The votes of a job's samples classified so far and how many samples they hold. A caller
+    whose job a deadline cancels may keep them: which samples are in depends on the time only
+    (the batches back by then), never on their votes."""
+
+    counts: np.ndarray
+    samples: int = 0
+
+
+@dataclass(eq=False)
 class _Job:
     x: np.ndarray
     noise: Any  # the job's noise source, from the scheduler's NoiseStrategy
     remaining: int
-    counts: np.ndarray
+    tally: Tally
     future: asyncio.Future
     assigned: int = 0  # samples cut into batches so far: the next sample's index
     in_flight: int = 0
@@ -63,7 +73,7 @@ class _Job:
         self.done = True
         if not self.future.done():
             if error is None:
-                self.future.set_result(self.counts)
+                self.future.set_result(self.tally.counts)
             else:
                 self.future.set_exception(error)
 
@@ -138,20 +148,26 @@ class BatchScheduler:
         rng: np.random.Generator,
         on_classified: Callable[[int], None] | None = None,
         sound: bool = False,
+        tally: Tally | None = None,
     ) -> np.ndarray:
         """Votes of f on ``num`` noisy copies x + N(0, sigma^2 I), one count per class.
 
-        If the caller is cancelled, the job leaves the queue at once and draws no more samples.
+        If the caller is cancelled, the job leaves the queue at once and draws no more samples;
+        ``tally`` (a fresh one of this model's classes) then holds the votes of its batches
+        classified before.
         ``on_classified(k)`` is called as each batch holding k of its samples is classified.
         ``sound``: floating-point-sound noise (``sound_noise.py``; x holds the input's lattice
         indices); the job fails with Unavailable if one of its draws is undecided.
         """
         if self._closed_with is not None:
             raise self._closed_with
-        counts = np.zeros(self.model.config.num_classes, dtype=np.int64)
+        if tally is None:
+            tally = Tally(np.zeros(self.model.config.num_classes, dtype=np.int64))
+        if tally.samples or tally.counts.any() or tally.counts.shape != (self.model.config.num_classes,):
+            raise ValueError("a job's tally starts empty, one count per class")
         future = asyncio.get_running_loop().create_future()
         source = self.noise.source(rng, sound)
-        job = _Job(x, source, num, counts, future, on_classified=on_classified)
+        job = _Job(x, source, num, tally, future, on_classified=on_classified)
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
         self._work.set()
@@ -245,7 +261,8 @@ class BatchScheduler:
                     job.finish(Unavailable(UNDECIDED))
                     self._drop(job)
                     continue
-                job.counts += votes
+                job.tally.counts += votes
+                job.tally.samples += take
                 if job.remaining == 0 and job.in_flight == 0:
                     job.finish()
         except asyncio.CancelledError:

@@ -136,20 +136,22 @@ def untimed_schedule(first: int, cap: int, tolerance: float) -> tuple[int, ...]:
 
 
 def timed_look_size(drawn: int, cap: int, first: int, fits: int, tolerance: float,
-                    horizon: int = 0, looks: int = 0) -> int:  # fmt: skip
+                    horizon: int = 0, looks: int = 0, calibrated: bool = False) -> int:  # fmt: skip
     """The next look's size under a deadline (0: no further look), from the samples drawn so
     far in ``looks`` looks, the cap, the first look, ``fits`` (how many more samples the time
-    left allows, as measured) and the tolerance: never from the votes.
+    left allows, as measured), whether that measure comes from large draws, and the
+    tolerance: never from the votes.
 
-    The first look: ``first``, shrunk to what fits but not below MIN_FIRST_LOOK. The second:
-    a third of what fits (so that the time per sample is measured on a large draw, and a last
-    look cut by the deadline leaves a fallback); then all that fits. With a tolerance, at
-    most double the samples. Past the horizon, a look only if it at least doubles the samples
-    (alpha beyond the horizon is small); none that adds fewer than a tenth of them."""
+    The first look: ``first``, shrunk to what fits but not below MIN_FIRST_LOOK. Then all that
+    fits, in one look (its level then gets nearly all of alpha, and the deadline cuts it where
+    the measure was optimistic); while the time per sample is not yet measured on a large draw,
+    a third of it first, to measure it. With a tolerance, at most double the samples. Past
+    the horizon, a look only if it at least doubles the samples (alpha beyond the horizon is
+    small); none that adds fewer than a tenth of them."""
     if drawn == 0:
         return max(1, min(first, cap, max(MIN_FIRST_LOOK, fits)))
     fits = max(fits, 0)
-    if looks == 1 and fits // 3 >= max(1, math.ceil(drawn / 10)):
+    if looks == 1 and not calibrated and fits // 3 >= max(1, math.ceil(drawn / 10)):
         fits //= 3
     size = min(cap, drawn + fits)
     if tolerance > 0:
