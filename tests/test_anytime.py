@@ -5,8 +5,10 @@ alpha fraction of runs, whatever the rule: time-sized looks, the best look, the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from itertools import pairwise
 
 import numpy as np
@@ -301,3 +303,60 @@ def test_records_of_both_formats_verify(client):
     early["selection_counts"] = [1, 7]  # 7 of 8: the rule does not stop here
     early["n0"] = 8
     assert any("does not hold" in p for p in recompute(early))
+
+
+# --- a look cut at the answer margin -----------------------------------------------------------
+
+
+def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
+    """The data plane's timed looks with the real scheduler and ONNX Runtime backend, and a
+    clock that believes 400,000 samples fit in the time left: the second look is sized to the
+    cap and the deadline cuts it. Its classified batches stay a look of that many samples (not
+    the cap, more than a tenth beyond the first look), the counts sum to it, the answer is
+    that look's bound at the level its size gets, the cut draw's time corrects the clock, and
+    the answer comes before the deadline."""
+    from smoothcert import procedures
+    from smoothcert.procedures import Plan
+    from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
+    from smoothserve.config import ServerConfig
+    from smoothserve.dataplane import DataPlane, DrawClock
+    from smoothserve.metrics import Metrics
+    from smoothserve.noise import noise_generator
+    from smoothserve.repository import latest, scan
+    from smoothserve.request import PredictInput
+    from smoothserve.scheduler import BatchScheduler, Tally
+
+    async def main():
+        config = ServerConfig.from_args(["--max-n", "400000"], environ={})
+        plane = DataPlane(scan(linear_repo).ready, {}, config, Metrics())
+        model = latest(plane.models["linear"])
+        backend = OnnxRuntimeBackend(linear_repo, providers=["CPUExecutionProvider"])
+        await backend.start()
+        scheduler = BatchScheduler(model, backend, Metrics(), batch_size=64)
+        scheduler.start()
+        x, rng = point_at(0.5, 1), noise_generator()
+        clock = DrawClock()
+        clock.add(1000, 1000 * 1e-9)  # optimistic: a nanosecond per sample
+
+        async def draw(num: int, tally: Tally | None = None) -> np.ndarray:
+            return await scheduler.count(x, num, rng, None, False, tally)
+
+        request = PredictInput("linear", "", x.shape, "float32", x.tobytes(),
+                               procedure="anytime", deadline=time.monotonic() + 0.3)  # fmt: skip
+        plan = Plan(alpha=0.001, family=GAUSSIAN, scale=0.25, cap=400_000, first_look=64)
+        try:
+            done = await plane._timed_looks(request, procedures.get("anytime"), plan, draw,
+                                            np.array([0, 100]), clock, model)  # fmt: skip
+        finally:
+            await scheduler.close()
+        return done, clock, request.deadline - time.monotonic()
+
+    done, clock, spare = asyncio.run(main())
+    assert spare > 0 and done.timed
+    first, cut = done.schedule
+    assert first == 64 and first + 6 < cut < 400_000 and cut == done.drawn
+    assert done.look == 2 and done.counts.sum() == cut
+    look = anytime_look(int(done.counts[1]), cut, 2, done.schedule, GAUSSIAN, 0.25, 0.001,
+                        400_000, done.horizon)  # fmt: skip
+    assert (done.outcome.radius, done.outcome.bound_alpha) == (look.radius, look.look_alpha)
+    assert clock.per_sample > 1e-6  # the cut draw taught the clock

@@ -380,10 +380,6 @@ class DataPlane:
                 try:
                     with span("sampling", samples=num):
                         counts = await scheduler.count(x, num, rng, ticket.release, sound, tally)
-                except asyncio.CancelledError:
-                    if tally is not None and tally.samples:  # a look cut at the margin
-                        clock.add(tally.samples, time.perf_counter() - began)
-                    raise
                 finally:
                     sampling[0] += time.perf_counter() - began
                 clock.add(num, time.perf_counter() - began)
@@ -616,7 +612,7 @@ class DataPlane:
                 horizon = drawn + int(LOOK_TIME_SHARE * fits)
                 plan = replace(plan, horizon=max(made[0], min(plan.cap, horizon)))
             stop_at = request.deadline if not made else time.monotonic() + left
-            tally = Tally(np.zeros(classes, np.int64))
+            tally, began = Tally(np.zeros(classes, np.int64)), time.perf_counter()
             try:
                 async with asyncio.timeout_at(self._loop_time(stop_at)):
                     if not made and early is not None:
@@ -629,6 +625,8 @@ class DataPlane:
                     raise DeadlineExceeded("the deadline passed before the first look was "
                                            "complete") from None  # fmt: skip
                 ended = stop_at
+                if tally.samples:  # what the cut look drew in its time teaches the clock
+                    clock.add(tally.samples, time.perf_counter() - began)
                 if tally.samples < max(1, math.ceil(drawn / 10)):
                     break  # the looks before it stand
                 check_counts(tally.counts, tally.samples, model)
