@@ -147,11 +147,13 @@ def least(pred, n: int) -> int:
     return lo
 
 
-def thresholds_from_rules(schedule, levels, target, sigma, project: float = 0.0):
-    """(C, A) per look from the rules of ``target_radius_look`` over any schedule and levels;
-    ``project`` > 0 adds a candidate futility rule: abstain when no later certifying look j
-    would certify even with the votes so far plus a share U of the n_j - n further votes, U the
-    upper bound on p_A at level ``project``."""
+def thresholds_from_rules(schedule, levels, target, sigma, project: float = 0.0,
+                          early: float = tr.EARLY_ABSTAIN_LEVEL):  # fmt: skip
+    """(C, A) per look from the abstention rules over any schedule and levels: futility (every
+    further vote to c_A), early abstention at level ``early`` (0: none), and, with ``project``
+    > 0, projected futility: abstain when no later certifying look j would certify even with
+    the votes so far plus a share U of the n_j - n further votes, U the upper bound on p_A at
+    level ``project`` (format v3: projection at 0.02, no separate early abstention)."""
     threshold = GAUSSIAN.threshold(target, sigma)
     cert = [least(lambda c, n=n, v=v: lower_confidence_bound(c, n, v) > threshold, n)
             if v else n + 1 for n, v in zip(schedule, levels, strict=True)]  # fmt: skip
@@ -163,9 +165,9 @@ def thresholds_from_rules(schedule, levels, target, sigma, project: float = 0.0)
         later = [(c, m) for c, m, v in zip(cert[k + 1:], schedule[k + 1:], levels[k + 1:],
                                            strict=True) if v and c <= m]  # fmt: skip
         futile = min((c - m for c, m in later), default=n + 1) + n - 1
-        early = least(lambda c, n=n: upper_confidence_bound(c, n, tr.EARLY_ABSTAIN_LEVEL)
-                      >= threshold, n) - 1  # fmt: skip
-        bound = min(n, max(futile, early))
+        dropped = least(lambda c, n=n: upper_confidence_bound(c, n, early) >= threshold,
+                        n) - 1 if early else -1  # fmt: skip
+        bound = min(n, max(futile, dropped))
         if project and later:
 
             def hopeful(c, n=n, later=later):
@@ -222,17 +224,21 @@ def fixed_n_accuracy(p, correct, target, sigma, rng) -> float:
     return 100 * float(((rng.binomial(CAP, p) >= need) & correct[None, :]).mean())
 
 
-GRIDS = {  # name: (ratio, prefix ratio, first share, projection level)
-    "x1.5": (1.5, 1.5, 0.0, 0.0),
-    "x1.25": (1.25, 1.25, 0.0, 0.0),
-    "x1.25 f1/4": (1.25, 1.25, 0.25, 0.0),
-    "x1.25 f1/3": (1.25, 1.25, 1 / 3, 0.0),
-    "x1.25 f1/2": (1.25, 1.25, 0.5, 0.0),
-    "x1.4 f1/3": (1.4, 1.4, 1 / 3, 0.0),
-    "x1.25 f1/3 proj.01": (1.25, 1.25, 1 / 3, 0.01),
-    "x1.25 f1/4 proj.01": (1.25, 1.25, 0.25, 0.01),
-    "x1.4 f1/3 proj.01": (1.4, 1.4, 1 / 3, 0.01),
-    "x1.25 f1/3 proj.02": (1.25, 1.25, 1 / 3, 0.02),
+EARLY = tr.EARLY_ABSTAIN_LEVEL
+GRIDS = {  # name: (ratio, prefix ratio, first share, projection level, early abstention level)
+    "x1.5": (1.5, 1.5, 0.0, 0.0, EARLY),
+    "x1.25": (1.25, 1.25, 0.0, 0.0, EARLY),
+    "x1.25 f1/4": (1.25, 1.25, 0.25, 0.0, EARLY),
+    "x1.25 f1/3": (1.25, 1.25, 1 / 3, 0.0, EARLY),
+    "x1.25 f1/2": (1.25, 1.25, 0.5, 0.0, EARLY),
+    "x1.4 f1/3": (1.4, 1.4, 1 / 3, 0.0, EARLY),
+    "x1.25 f1/3 proj.01": (1.25, 1.25, 1 / 3, 0.01, EARLY),
+    "x1.25 f1/4 proj.01": (1.25, 1.25, 0.25, 0.01, EARLY),
+    "x1.4 f1/3 proj.01": (1.4, 1.4, 1 / 3, 0.01, EARLY),
+    "x1.25 f1/3 proj.02": (1.25, 1.25, 1 / 3, 0.02, EARLY),
+    "x1.25 f1/3 proj.01 only": (1.25, 1.25, 1 / 3, 0.01, 0.0),
+    "x1.25 f1/3 proj.02 only": (1.25, 1.25, 1 / 3, 0.02, 0.0),
+    "x1.25 f1/3 proj.05 only": (1.25, 1.25, 1 / 3, 0.05, 0.0),
 }
 
 
@@ -264,22 +270,23 @@ def main() -> None:
         sel = selection_samples(p, np.random.default_rng(args.seed + 3))
         for target in TARGETS:
             old = old_grid(target, sigma)
-            grids = {"old (v2)": (*old, 0.0)}
+            grids = {"old (v2)": (*old, 0.0, EARLY)}
             for name in args.grids:
-                ratio, prefix, share, project = GRIDS[name]
-                grids[name] = (*candidate(target, sigma, ratio, prefix, share), project)
+                ratio, prefix, share, project, early = GRIDS[name]
+                grids[name] = (*candidate(target, sigma, ratio, prefix, share), project, early)
             if args.implemented:
                 now = tr.target_schedule(FIRST, CAP, target, GAUSSIAN, sigma, ALPHA)
-                grids["implemented"] = (now, None, 0.0)
+                grids["implemented"] = (now, None, 0.0, 0.0)
             fixed = fixed_n_accuracy(
                 p, correct, target, sigma, np.random.default_rng(args.seed + 1)
             )
             baseline = None
-            for name, (schedule, levels, project) in grids.items():
+            for name, (schedule, levels, project, early) in grids.items():
                 if levels is None:
                     cert, abst = thresholds_from_implementation(schedule, target, sigma)
                 else:
-                    cert, abst = thresholds_from_rules(schedule, levels, target, sigma, project)
+                    cert, abst = thresholds_from_rules(schedule, levels, target, sigma, project,
+                                                       early)  # fmt: skip
                 if name == "old (v2)" and not hasattr(tr, "target_schedule_v2"):
                     check = thresholds_from_implementation(schedule, target, sigma)
                     assert (check[0] == cert).all() and (check[1] == abst).all(), name

@@ -18,7 +18,10 @@ looks spend alpha: FIRST_SHARE = 1/3 of it on n* (where unanimous votes stop; an
 over at most three looks) and the rest evenly on the later ones (``target_levels``). Against doubling looks with alpha split evenly,
 this cuts the overshoot past the samples an input needs and lets unanimous inputs stop
 sooner: 1.07x to 1.30x fewer estimation samples in simulation on the committed SmoothAdv
-models, certified accuracy within 0.12 points (bench/target_grid.py). Format v2 records used doubling looks and
+models, certified accuracy within 0.12 points (bench/target_grid.py). Projected futility
+(``PROJECTION_LEVEL``, a stopping rule) then abstains on the inputs whose votes sit so close
+to the threshold that even the cap would barely certify them: 1.3x to 2x fewer samples again at
+most radii in the same simulation. Format v2 records used doubling looks and
 alpha / m on each of the m looks that can certify (``target_schedule_v2``,
 ``target_levels_v2``); ``TargetRadiusV2`` keeps those rules so that they still verify.
 """
@@ -46,18 +49,18 @@ from .base import (
     look_schedule,
 )
 
-# The test abstains early once the upper bound on p_A at this level falls below the
-# threshold. Abstaining is always safe, so the level is a stopping rule that spends no alpha:
-# a larger one stops hopeless inputs sooner and rarely drops one that would certify (0.05
-# against alpha / K: a third to a half fewer samples at r = 0.5 and 0.75 on 200 test images,
-# certified accuracy within one image; see docs/benchmarks.md).
+# Format v2's test abstained early once the upper bound on p_A at this level fell below the
+# threshold (a stopping rule that spends no alpha, as every abstention rule here).
 EARLY_ABSTAIN_LEVEL = 0.05
-# ... and once no later look would certify even if the votes went on coming at the upper
-# bound on p_A at this level (projected futility; format v3 on). Also a stopping rule that
-# spends no alpha: it drops the inputs that sit so close to the threshold that even the cap
-# would barely certify them, which cost tens of thousands of samples each. 0.02 against 0.01,
-# 0.05, 0.1 and 0.2 in bench/target_grid.py: 1.3x to 2x fewer samples on average at most
-# radii, certified accuracy within 0.06 points of the rule without it.
+# Format v3's test abstains once no later look would certify even if the votes went on coming
+# at U, the upper bound on p_A at this level (projected futility). It drops the inputs that sit
+# so close to the threshold that even the cap would barely certify them, which cost tens of
+# thousands of samples each, and those below it. It implies v2's early abstention at the same
+# level (U >= count_a / n, so U below the threshold leaves every later look short), which v3
+# therefore no longer checks: at 0.05 that rule dropped inputs well above the threshold after
+# an unlucky early look (p_A = 0.71 at sigma = 0.5, r = 0.25: 8 % of them, which fixed n
+# certifies). 0.02 against 0.01 and 0.05 (bench/target_grid.py, docs/benchmarks.md): 1.3x to
+# 2x fewer samples on average than v3's grid without it at most radii.
 PROJECTION_LEVEL = 0.02
 # Format v3's looks: each RATIO times the last, rounded up (bench/target_grid.py: 5/4 against
 # 3/2, 7/5 and 2); FIRST_SHARE of alpha on the first look that can certify, the rest evenly on
@@ -199,13 +202,13 @@ def target_radius_look(
     At look k of the schedule (fixed in advance, n = schedule[k - 1] samples), with the
     Clopper-Pearson lower bound at the look's level from ``target_levels`` (``v2``:
     ``target_levels_v2``, for format v2 records): "certified" when
-    the level is positive and the bound exceeds the threshold. "abstain" at the last look;
-    when no later look could certify even if every further vote went to c_A (futility); when
-    the upper bound at ``EARLY_ABSTAIN_LEVEL`` falls below the threshold (early abstention, as
-    Horvath et al.); or (not in v2) when no later look would certify even if the further votes
-    came at U, the upper bound on p_A at ``PROJECTION_LEVEL`` (count_a + floor(U (n_j - n))
-    votes at look j: projected futility); else "continue". Abstaining is always safe, so these
-    rules cost no validity and need no alpha.
+    the level is positive and the bound exceeds the threshold. "abstain" at the last look, or
+    when no later look j would certify even if the further votes came at U, the upper bound on
+    p_A at ``PROJECTION_LEVEL`` (count_a + floor(U (n_j - n)) votes at look j: projected
+    futility); format v2: when no later look could certify even if every further vote went to
+    c_A, or the upper bound at ``EARLY_ABSTAIN_LEVEL`` falls below the threshold (early
+    abstention, as Horvath et al.); else "continue". Abstaining is always safe, so these rules
+    cost no validity and need no alpha.
 
     Guarantee: if p_A <= threshold(target) for the class c_A chosen from separate selection
     samples, the probability that any look answers "certified" is at most alpha, whatever the
@@ -228,16 +231,13 @@ def target_radius_look(
     if level and p_a_lower > threshold:
         return Look(CERTIFIED, p_a_lower, radius, level)
     later = list(zip(schedule[look:], certifying_counts(*plan, v2=v2)[look:], strict=True))
-    still_possible = any(count_a + size - n >= need for size, need in later)
-    if not v2 and still_possible:
-        rate = upper_confidence_bound(count_a, n, PROJECTION_LEVEL)
-        still_possible = any(count_a + math.floor(rate * (size - n)) >= need
-                             for size, need in later)  # fmt: skip
-    if (
-        look == looks
-        or not still_possible
-        or upper_confidence_bound(count_a, n, EARLY_ABSTAIN_LEVEL) < threshold
-    ):
+    if v2:  # every further vote to c_A; the upper bound at EARLY_ABSTAIN_LEVEL
+        rate = 1.0
+        hopeless = upper_confidence_bound(count_a, n, EARLY_ABSTAIN_LEVEL) < threshold
+    else:
+        rate, hopeless = upper_confidence_bound(count_a, n, PROJECTION_LEVEL), False
+    still_possible = any(count_a + math.floor(rate * (size - n)) >= need for size, need in later)
+    if look == looks or not still_possible or hopeless:
         return Look(ABSTAINED, p_a_lower, 0.0, shown)
     return Look(CONTINUE, p_a_lower, radius, shown)
 
