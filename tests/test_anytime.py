@@ -27,7 +27,7 @@ from smoothcert.procedures.anytime import (
     timed_look_size,
     untimed_schedule,
 )
-from smoothserve.dataplane import LOOK_TIME_SHARE
+from smoothserve.looks import LOOK_TIME_SHARE
 
 GAUSSIAN = FAMILIES["gaussian"]
 
@@ -309,29 +309,24 @@ def test_records_of_both_formats_verify(client):
 
 
 def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
-    """The data plane's timed looks with the real scheduler and ONNX Runtime backend, and a
-    clock that believes 400,000 samples fit in the time left: the second look is sized to the
-    cap and the deadline cuts it. Its classified batches stay a look of that many samples (not
-    the cap, more than a tenth beyond the first look), the counts sum to it, the answer is
-    that look's bound at the level its size gets, the cut draw's time corrects the clock, and
-    the answer comes before the deadline."""
+    """The timed looks (``looks.timed_looks``) with the real scheduler and ONNX Runtime
+    backend, and a clock that believes 400,000 samples fit in the time left: the second look is
+    sized to the cap and the deadline cuts it. Its classified batches stay a look of that many
+    samples (not the cap, more than a tenth beyond the first look), the counts sum to it, the
+    answer is that look's bound at the level its size gets, the cut draw's time corrects the
+    clock, and the answer comes before the deadline."""
     from smoothcert import procedures
     from smoothcert.procedures import Plan
     from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
-    from smoothserve.config import ServerConfig
-    from smoothserve.dataplane import DataPlane, DrawClock
+    from smoothserve.looks import AnswerOverhead, DrawClock, Timing, timed_looks
     from smoothserve.metrics import Metrics
     from smoothserve.noise import noise_generator
-    from smoothserve.repository import latest, scan
-    from smoothserve.request import PredictInput
+    from smoothserve.repository import latest
     from smoothserve.scheduler import BatchScheduler, Tally
 
     async def main():
-        config = ServerConfig.from_args(["--max-n", "400000"], environ={})
-        plane = DataPlane(scan(linear_repo).ready, {}, config, Metrics())
-        model = latest(plane.models["linear"])
         backend = OnnxRuntimeBackend(linear_repo, providers=["CPUExecutionProvider"])
-        await backend.start()
+        model = latest((await backend.start()).ready["linear"])
         scheduler = BatchScheduler(model, backend, Metrics(), batch_size=64)
         scheduler.start()
         x, rng = point_at(0.5, 1), noise_generator()
@@ -341,15 +336,15 @@ def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
         async def draw(num: int, tally: Tally | None = None) -> np.ndarray:
             return await scheduler.count(x, num, rng, None, False, tally)
 
-        request = PredictInput("linear", "", x.shape, "float32", x.tobytes(),
-                               procedure="anytime", deadline=time.monotonic() + 0.3)  # fmt: skip
+        now = time.monotonic()
+        timing = Timing(now + 0.3, now, clock, AnswerOverhead())
         plan = Plan(alpha=0.001, family=GAUSSIAN, scale=0.25, cap=400_000, first_look=64)
         try:
-            done = await plane._timed_looks(request, procedures.get("anytime"), plan, draw,
-                                            np.array([0, 100]), clock, model)  # fmt: skip
+            done = await timed_looks(procedures.get("anytime"), plan, draw, np.array([0, 100]),
+                                     timing, model)  # fmt: skip
         finally:
             await scheduler.close()
-        return done, clock, request.deadline - time.monotonic()
+        return done, clock, timing.deadline - time.monotonic()
 
     done, clock, spare = asyncio.run(main())
     assert spare > 0 and done.timed

@@ -18,8 +18,8 @@ from servers import metric
 from smoothcert.model_config import ModelConfigError, SmoothModelConfig
 from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
 from smoothserve.config import ServerConfig
-from smoothserve.dataplane import check_counts
 from smoothserve.errors import BadState
+from smoothserve.looks import check_counts
 from smoothserve.metrics import Metrics
 from smoothserve.noise import noise_generator
 from smoothserve.repository import latest
