@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -170,6 +171,54 @@ def test_access_lines_of_failures_carry_no_client_data(served) -> None:
     assert fields_of(bad_shape)["outcome"] == "error"
     (predict,) = access_lines(server, "ops-predict-mode")
     assert (fields_of(predict)["mode"], fields_of(predict)["samples"]) == ("predict", "256")
+
+
+def unknown_errors(server: ServerProcess) -> float:
+    """smoothserve_requests_total of model "(unknown)", mode "unknown", outcome "error"."""
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(get(server.metrics_url))
+        for s in f.samples
+        if s.name == "smoothserve_requests_total"
+        and (s.labels["model"], s.labels["mode"], s.labels["outcome"])
+        == ("(unknown)", "unknown", "error")
+    )
+
+
+def test_requests_refused_before_they_are_read_are_counted_and_logged(served) -> None:
+    """A Predict or ModelInfer whose bytes do not parse (gRPC), and an infer body over the size
+    limit (REST), never reach the data plane: each still gets one access line and a count in
+    smoothserve_requests_total, and its refusal carries the request ID back."""
+    import grpc
+
+    server, _ = served
+    before = unknown_errors(server)
+    with grpc.insecure_channel(server.address) as channel:
+        for method, rid in (("/smoothserve.v1.SmoothServe/Predict", "ops-junk-native"),
+                            ("/inference.GRPCInferenceService/ModelInfer", "ops-junk-oip")):
+            call = channel.unary_unary(method)  # raw bytes in and out
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"\xff\xff\xff", metadata=(("x-request-id", rid),), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert ("x-request-id", rid) in refused.value.trailing_metadata()
+            (line,) = access_lines(server, rid)
+            assert fields_of(line) == {
+                "model": "(unknown)", "version": "-", "mode": "unknown", "procedure": "-",
+                "outcome": "error", "status": "INVALID_ARGUMENT", "samples": "-",
+                "latency_s": "0.0",
+            }  # fmt: skip
+    body = b"{" + b" " * (64 << 20) + b"}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/v2/models/linear/infer", data=body,
+        headers={"Content-Type": "application/json", "x-request-id": "ops-too-large"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as too_large:
+        urllib.request.urlopen(request, timeout=30)
+    assert too_large.value.code == 413
+    assert too_large.value.headers["x-request-id"] == "ops-too-large"
+    (line,) = access_lines(server, "ops-too-large")
+    assert fields_of(line)["status"] == "RESOURCE_EXHAUSTED"
+    assert unknown_errors(server) == before + 3
 
 
 def test_json_log_format_writes_one_object_per_line(linear_repo) -> None:

@@ -4,6 +4,7 @@ reflection and metrics, and shuts it down cleanly on SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -35,8 +36,8 @@ from .transport.auth import (
 )
 from .transport.limits import MAX_HEALTH_WATCHES, HealthWatchLimit
 from .transport.malformed import MalformedRequestInterceptor
-from .transport.predict_call import ACCESS_LOGGER
-from .transport.servicer import PRECHECKS, SmoothServeServicer
+from .transport.predict_call import ACCESS_LOGGER, refused_unread
+from .transport.servicer import PRECHECKS, PREDICT_METHOD, SmoothServeServicer
 
 log = logging.getLogger("smoothserve")
 RPC_HEADROOM = 16  # calls beyond the Predict limit and the Watch streams: Check, ListModels...
@@ -60,6 +61,7 @@ class Server:
         self.rest = None
         self.auth_limiter = FailureLimiter()  # failed tokens per address, both gRPC and REST
         self.prechecks = dict(PRECHECKS)  # the OIP transport adds its own (wire.py)
+        self.on_refused: dict = {}  # Predict methods: a refused message is counted and logged
         self.accepting = False  # OIP readiness: true between start-up and the drain
         self.engine: Engine | None = None  # backend, schedulers and data plane, once started
 
@@ -71,6 +73,8 @@ class Server:
         self.engine, self.config, c = engine, engine.config, engine.config
         self.schedulers, self.plane = engine.schedulers, engine.plane
         plane, models = engine.plane, engine.plane.models
+        self.on_refused[PREDICT_METHOD] = functools.partial(refused_unread, plane,
+                                                            "INVALID_ARGUMENT")  # fmt: skip
 
         try:
             tokens = tokens_from_config(c)
@@ -80,7 +84,7 @@ class Server:
             interceptors=[
                 HealthWatchLimit(),
                 *([BearerTokenInterceptor(tokens, self.auth_limiter)] if tokens else []),
-                MalformedRequestInterceptor(self.prechecks),
+                MalformedRequestInterceptor(self.prechecks, self.on_refused),
             ],
             # The outer door: beyond this many calls, gRPC core answers RESOURCE_EXHAUSTED at
             # once, without the event loop; admission refuses the few in between.
@@ -147,6 +151,8 @@ class Server:
 
                 oip_grpc.add_to_server(plane, lambda: self.accepting, self.grpc_server)
                 self.prechecks.update(oip_grpc.PRECHECKS)
+                self.on_refused.update(dict.fromkeys(oip_grpc.PRECHECKS,
+                                                     self.on_refused[PREDICT_METHOD]))  # fmt: skip
             if c.http_port >= 0:
                 from .transport.http_server import HttpLimits
                 from .transport.oip_rest import RestServer

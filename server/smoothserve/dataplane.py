@@ -51,6 +51,7 @@ from .sound_noise import SoundNoiseError, lattice_indices, sound_lattice
 from .tracing import span
 
 log = logging.getLogger(__name__)
+UNKNOWN_MODEL = "(unknown)"  # the metric label of every name the server does not serve
 class DataPlane:
     """Everything a transport needs: predictions, model information, metric labels and
     request metrics, so that a transport never reaches into the config, models or metrics."""
@@ -111,8 +112,8 @@ class DataPlane:
             try:
                 name = self.default_model_name()
             except NotFound:
-                return "(unknown)"
-        return name if name in self.models or name in self.failed else "(unknown)"
+                return UNKNOWN_MODEL
+        return name if name in self.models or name in self.failed else UNKNOWN_MODEL
 
     def default_model_name(self) -> str:
         if self.config.default_model:

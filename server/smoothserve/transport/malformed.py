@@ -4,7 +4,10 @@ Left alone, grpc.aio answers a protobuf ``DecodeError`` with UNKNOWN; this inter
 wraps every handler's request deserializer so a malformed message becomes a clear status,
 for SmoothServe and the health and reflection services alike. A method may also have a
 ``precheck`` of its raw bytes, run before they are parsed, that refuses with
-InvalidArgument what would be costly to build (a shape of millions of dimensions).
+InvalidArgument what would be costly to build (a shape of millions of dimensions). A method
+may also have an ``on_refused`` callback (Predict and ModelInfer: ``refused_unread``, which
+counts and logs the request as any other), called with the client's request ID, if any,
+before the refusal is sent; it returns the ID the refusal then carries back.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from ..errors import InvalidArgument
+from ..errors import REQUEST_ID_KEY, InvalidArgument
 from .limits import before, kind_of
 
 DETAILS = "the request is not a valid protobuf message for {method}"
 Precheck = Callable[[bytes], None]
+OnRefused = Callable[[str | None], str]  # the client's request ID -> the one logged
 
 
 class _Refused:
@@ -46,10 +50,16 @@ def _safe(
     return parse
 
 
-def _check_one(details: str):
+def _check_one(details: str, on_refused: OnRefused | None = None):
     async def check(request, context: grpc.aio.ServicerContext):
         if isinstance(request, _Refused):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details or details)
+            metadata = ()
+            if on_refused is not None:
+                given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
+                rid = on_refused(given if isinstance(given, str) else None)
+                metadata = ((REQUEST_ID_KEY, rid),)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details or details,
+                                metadata)  # fmt: skip
         return request
 
     return check
@@ -69,15 +79,21 @@ def _check_each(details: str):
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, prechecks: dict[str, Precheck] | None = None) -> None:
+    def __init__(
+        self, prechecks: dict[str, Precheck] | None = None,
+        on_refused: dict[str, OnRefused] | None = None,
+    ) -> None:  # fmt: skip
         self.prechecks = prechecks or {}  # full method name -> check of its raw request
+        self.on_refused = on_refused or {}  # full method name -> what a refusal also does
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         details = DETAILS.format(method=handler_call_details.method)
-        check = _check_each(details) if handler.request_streaming else _check_one(details)
+        method = handler_call_details.method
+        check = (_check_each(details) if handler.request_streaming
+                 else _check_one(details, self.on_refused.get(method)))  # fmt: skip
         kind = kind_of(handler)
         return handler._replace(
             request_deserializer=_safe(

@@ -27,7 +27,7 @@ from ..tracing import REQUEST_ID
 from . import oip
 from .auth import MISSING, FailureLimiter, address_key, token_refusal
 from .http_server import HttpDoor, HttpLimits
-from .predict_call import answer
+from .predict_call import answer, refused_unread
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -337,16 +337,16 @@ class RestServer:
             info = self.plane.model_info(name, version)
             json_limit, binary_limit = body_limits(math.prod(info.input_shape))
             if (request.content_length or 0) > json_limit + binary_limit:
-                return error_response(413, "request body over the size limit for this model")
+                return self._too_large(request, "request body over the size limit for this model")
             body = await self._read_body(request)
             if len(body) > json_limit + binary_limit:
-                return error_response(413, "request body over the size limit for this model")
+                return self._too_large(request, "request body over the size limit for this model")
             call = await asyncio.to_thread(
                 parse_infer, body, request.headers.get(HEADER_LENGTH), name, version, json_limit,
                 info.input_shape,
             )  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "request body over the size limit")
+            return self._too_large(request, "request body over the size limit")
         except SmoothServeError as error:  # raised inside ``answer``, so the request is counted
             problem = error
 
@@ -365,6 +365,13 @@ class RestServer:
             return response
         response = self._infer_response(call, result)
         response.headers[REQUEST_ID_KEY] = result.request_id
+        return response
+
+    def _too_large(self, request: web.Request, message: str) -> web.Response:
+        """413, counted and logged as a Predict refused before it was read (the body is not)."""
+        response = error_response(413, message)
+        given = request.headers.get(REQUEST_ID_KEY)
+        response.headers[REQUEST_ID_KEY] = refused_unread(self.plane, "RESOURCE_EXHAUSTED", given)
         return response
 
     @staticmethod

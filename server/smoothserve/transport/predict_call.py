@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from smoothserve_client.types import PredictResult
 
-from ..dataplane import DataPlane
+from ..dataplane import UNKNOWN_MODEL, DataPlane
 from ..errors import (
     BadState,
     DeadlineExceeded,
@@ -95,16 +95,33 @@ async def answer(
     finally:
         seconds = time.perf_counter() - started
         plane.request_finished(model, mode, outcome, seconds, radius)
-        if access_log.isEnabledFor(logging.INFO):
-            fields = {
-                "model": model, "version": version, "mode": mode, "procedure": procedure,
-                "outcome": outcome, "status": status, "samples": samples,
-                "latency_s": round(seconds, 6),
-            }  # fmt: skip
-            access_log.info(
-                "Predict %s", " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()),
-                extra=fields,
-            )
+        _log_access(model, version, mode, procedure, outcome, status, samples, seconds)
+
+
+def refused_unread(plane: DataPlane, status: str, given_id: str | None = None) -> str:
+    """A Predict refused before it could be read (a message that does not parse, a body over
+    the size limit): counted in the request metrics and logged like any other, under the model
+    "(unknown)" and the mode "unknown", so that no door refuses out of sight. Returns the
+    request ID it was logged under (``given_id`` when the client sent a usable one)."""
+    rid = request_id(given_id)
+    REQUEST_ID.set(rid)
+    plane.request_started()
+    plane.request_finished(UNKNOWN_MODEL, "unknown", "error", 0.0)
+    _log_access(UNKNOWN_MODEL, None, "unknown", None, "error", status, None, 0.0)
+    return rid
+
+
+def _log_access(model, version, mode, procedure, outcome, status, samples, seconds) -> None:
+    if access_log.isEnabledFor(logging.INFO):
+        fields = {
+            "model": model, "version": version, "mode": mode, "procedure": procedure,
+            "outcome": outcome, "status": status, "samples": samples,
+            "latency_s": round(seconds, 6),
+        }  # fmt: skip
+        access_log.info(
+            "Predict %s", " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()),
+            extra=fields,
+        )
 
 
 def _logfmt(value: object) -> str:
