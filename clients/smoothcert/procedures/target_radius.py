@@ -7,7 +7,8 @@ probability at least 1 - alpha (the union bound). A data-dependent stopping time
 one of those bounds; it never recomputes a fixed-n bound at a data-dependent n, which would
 not be valid. This is the Bonferroni-over-stages construction of Horvath et al. (ICLR 2022,
 "Boosting randomized smoothing with variance reduced classifiers": adaptive sampling, with
-early abstention), with alpha spent only on the looks that can certify; see
+early abstention, which format v3 replaces by projected futility), with alpha spent only on
+the looks that can certify; see
 docs/architecture.md for why it was chosen over betting confidence sequences (Voracek 2024;
 Waudby-Smith and Ramdas 2023). The candidate c_A comes from separate selection samples, at
 most n0, drawn until their votes are clear (``selection``; format v2 records: exactly n0).
@@ -15,13 +16,14 @@ most n0, drawn until their votes are clear (``selection``; format v2 records: ex
 The looks (format v3): from the first look, each RATIO = 5/4 times the last (rounded up), up
 to the cap; from n*, the fewest samples that can certify at the level its look gets, on, the
 looks spend alpha: FIRST_SHARE = 1/3 of it on n* (where unanimous votes stop; an even split
-over at most three looks) and the rest evenly on the later ones (``target_levels``). Against doubling looks with alpha split evenly,
-this cuts the overshoot past the samples an input needs and lets unanimous inputs stop
-sooner: 1.07x to 1.30x fewer estimation samples in simulation on the committed SmoothAdv
-models, certified accuracy within 0.12 points (bench/target_grid.py). Projected futility
-(``PROJECTION_LEVEL``, a stopping rule) then abstains on the inputs whose votes sit so close
-to the threshold that even the cap would barely certify them: 1.3x to 2x fewer samples again at
-most radii in the same simulation. Format v2 records used doubling looks and
+over at most three looks) and the rest evenly on the later ones (``target_levels``).
+Against doubling looks with alpha split evenly, this cuts the overshoot past the samples an
+input needs and lets unanimous inputs stop sooner: 1.07x to 1.30x fewer estimation samples in
+simulation on the committed SmoothAdv models, certified accuracy within 0.12 points
+(bench/target_grid.py). Projected futility (``PROJECTION_LEVEL``, a stopping rule) then
+abstains on the inputs below the threshold, and on those so close above it that even the cap
+would barely certify them: 1.3x to 2x fewer samples again at most radii in the same
+simulation. Format v2 records used doubling looks and
 alpha / m on each of the m looks that can certify (``target_schedule_v2``,
 ``target_levels_v2``); ``TargetRadiusV2`` keeps those rules so that they still verify.
 """
