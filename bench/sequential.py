@@ -99,9 +99,12 @@ def fitting_n(client, model: str, images, seconds: float, cap: int) -> int:
     return n
 
 
-def report_model(server, model: str, dataset, args) -> list[str]:
+def report_model(server, model: str, dataset, args, figure: dict) -> list[str]:
+    """The model's report lines; ``figure`` gets what the plot shows: the samples of each
+    target-radius certificate, and each deadline's accuracy curves."""
     images, labels = dataset.images, dataset.labels
     lines = [f"### `{model}`", ""]
+    figure[model] = {"target": {}, "deadline": {}, "fixed_n": args.fixed_n + N0}
     with SmoothServeClient(server.address, timeout=600) as client:
         common = {"model_name": model, "n0": N0, "alpha": ALPHA}
         started = time.perf_counter()
@@ -128,6 +131,7 @@ def report_model(server, model: str, dataset, args) -> list[str]:
                           procedure="target_radius", target_radius=target, **common)  # fmt: skip
             wall = time.perf_counter() - started
             drawn = samples(seq)
+            figure[model]["target"][target] = drawn
             selected = [r.n0 for r, _ in seq if r is not None]
             mean, median = statistics.mean(drawn), statistics.median(drawn)
             before = BEFORE.get((model, target))
@@ -144,7 +148,7 @@ def report_model(server, model: str, dataset, args) -> list[str]:
         deadlines = zip(args.deadline_ms, counts, strict=True) if "deadline" in args.parts else ()
         for deadline_ms, count in deadlines:
             lines += report_deadline(client, model, images[:count], labels[:count], deadline_ms,
-                                     args, common)  # fmt: skip
+                                     args, common, figure[model]["deadline"])  # fmt: skip
     return lines
 
 
@@ -171,8 +175,10 @@ def save_fixed(args, model: str, fixed) -> None:
     args.fixed_cache.write_text(json.dumps(store))
 
 
-def report_deadline(client, model, images, labels, deadline_ms, args, common) -> list[str]:
-    """Anytime under a deadline against the largest fixed n that fits in it."""
+def report_deadline(client, model, images, labels, deadline_ms, args, common,
+                    figure: dict) -> list[str]:  # fmt: skip
+    """Anytime under a deadline against the largest fixed n that fits in it (``figure`` gets
+    both accuracy curves)."""
     seconds = deadline_ms / 1000
     n_fit = fitting_n(client, model, images, seconds, args.fixed_n)
     anytime = run_all(client, images, 1, n=args.fixed_n, procedure="anytime",
@@ -181,6 +187,7 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common) ->
     radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     ours = [accuracy(anytime, labels, r) for r in radii]
     theirs = [accuracy(fitted, labels, r) for r in radii]
+    figure[deadline_ms] = (radii, ours, theirs, n_fit)
     drawn = samples(anytime)
     lines = [
         "",
@@ -222,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--parts", nargs="+", default=["target", "deadline"],
                         choices=["target", "deadline"], help="which rows besides fixed n")
+    parser.add_argument("--plot", type=Path,
+                        help="PNG: samples per target-radius certificate, and certified "
+                             "accuracy under each deadline, anytime against fixed n")  # fmt: skip
     parser.add_argument("--fixed-cache", type=Path,
                         help="JSON file: fixed-n results are saved there, and reused by a later "
                              "run with the same images and n")  # fmt: skip
@@ -237,13 +247,53 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     server_args = ["--max-n", str(max(args.fixed_n, 100_000)), "--exit-on-error", "false"]
+    figure: dict = {}
     with ServerProcess(args.model_repo, server_args) as server:
         for model in args.models:
-            lines += report_model(server, model, dataset, args)
+            lines += report_model(server, model, dataset, args, figure)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.plot:
+        plot(figure, args.plot, command.strip(), len(dataset))
+
+
+def plot(figure: dict, path: Path, command: str, images: int) -> None:
+    """One column per model: the empirical distribution of samples per target-radius
+    certificate at each radius (fixed n's samples a dashed line), and certified accuracy
+    against radius under each deadline, anytime (solid) against the fixed n that fits
+    (dashed)."""
+    from smoothserve_client.results import _pyplot
+
+    plt = _pyplot()
+    models = list(figure)
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8.5), squeeze=False)
+    for column, model in enumerate(models):
+        top, bottom = axes[0][column], axes[1][column]
+        for target, drawn in figure[model]["target"].items():
+            ordered = np.sort(drawn)
+            top.step(ordered, np.arange(1, len(ordered) + 1) / len(ordered), where="post",
+                     label=f"r = {target}")  # fmt: skip
+        top.axvline(figure[model]["fixed_n"], color="black", linestyle="--",
+                    label=f"fixed n ({figure[model]['fixed_n']:,})")  # fmt: skip
+        top.set(xscale="log", xlabel="samples per target-radius certificate (log)",
+                ylabel="share of images", title=model)  # fmt: skip
+        top.legend(fontsize=8)
+        for i, (deadline, (radii, ours, theirs, n_fit)) in enumerate(
+            figure[model]["deadline"].items()
+        ):
+            color = f"C{i}"
+            bottom.plot(radii, ours, color=color, marker="o",
+                        label=f"anytime, {deadline:.0f} ms")  # fmt: skip
+            bottom.plot(radii, theirs, color=color, linestyle="--", marker="x",
+                        label=f"fixed n = {n_fit:,}, {deadline:.0f} ms")  # fmt: skip
+        bottom.set(xlabel="radius", ylabel="certified accuracy (%)", ylim=(0, 100))
+        bottom.legend(fontsize=8)
+    fig.suptitle(f"{command}\n{images} Fashion-MNIST test images, alpha = {ALPHA}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,14 @@ def test_benchmark_quick_run(linear_repo, tmp_path) -> None:
     assert not out.exists()  # a quick run writes no report
 
 
-def test_sequential_benchmark_quick_run() -> None:
+def test_sequential_benchmark_quick_run(tmp_path) -> None:
+    plot = tmp_path / "sequential.png"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "sequential.py"), "--images", "4",
-         "--fixed-n", "2000", "--models", "fmnist_cnn_smoothadv_s050"],
+         "--fixed-n", "2000", "--models", "fmnist_cnn_smoothadv_s050", "--plot", str(plot)],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| 0.5 |" in result.stdout and "fixed ÷ sequential" in result.stdout
     assert "anytime" in result.stdout and "error" not in result.stdout
+    assert plot.read_bytes().startswith(b"\x89PNG")
