@@ -308,13 +308,16 @@ def test_records_of_both_formats_verify(client):
 # --- a look cut at the answer margin -----------------------------------------------------------
 
 
-def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
+@pytest.mark.parametrize("drain", [0.02, -1.0], ids=["stopped", "cut"])
+def test_a_look_stopped_or_cut_before_the_margin_keeps_its_samples(linear_repo, drain):
     """The timed looks (``looks.timed_looks``) with the real scheduler and ONNX Runtime
     backend, and a clock that believes 400,000 samples fit in the time left: the second look is
-    sized to the cap and the deadline cuts it. Its classified batches stay a look of that many
-    samples (not the cap, more than a tenth beyond the first look), the counts sum to it, the
-    answer is that look's bound at the level its size gets, the cut draw's time corrects the
-    clock, and the answer comes before the deadline."""
+    sized to the cap. It stops cutting batches a drain time before the margin and ends with
+    those in flight ("stopped"), or, when the drain time would come after the margin, the
+    margin cuts it ("cut"). Either way its classified samples stay a look of that many samples
+    (not the cap, more than a tenth beyond the first look), the counts sum to it, the answer
+    is that look's bound at the level its size gets, and it comes before the deadline; a stop
+    measures the drain time, a cut teaches the clock the time per sample."""
     from smoothcert import procedures
     from smoothcert.procedures import Plan
     from smoothserve.backends.onnxruntime import OnnxRuntimeBackend
@@ -332,6 +335,7 @@ def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
         x, rng = point_at(0.5, 1), noise_generator()
         clock = DrawClock()
         clock.add(1000, 1000 * 1e-9)  # optimistic: a nanosecond per sample
+        clock.drain, clock.drain_deviation = drain, 0.0
 
         async def draw(num: int, tally: Tally | None = None) -> np.ndarray:
             return await scheduler.count(x, num, rng, None, False, tally)
@@ -348,10 +352,13 @@ def test_a_look_cut_at_the_margin_keeps_its_classified_batches(linear_repo):
 
     done, clock, spare = asyncio.run(main())
     assert spare > 0 and done.timed
-    first, cut = done.schedule
-    assert first == 64 and first + 6 < cut < 400_000 and cut == done.drawn
-    assert done.look == 2 and done.counts.sum() == cut
-    look = anytime_look(int(done.counts[1]), cut, 2, done.schedule, GAUSSIAN, 0.25, 0.001,
+    first, last = done.schedule
+    assert first == 64 and first + 6 < last < 400_000 and last == done.drawn
+    assert done.look == 2 and done.counts.sum() == last and last % 64 == 0
+    look = anytime_look(int(done.counts[1]), last, 2, done.schedule, GAUSSIAN, 0.25, 0.001,
                         400_000, done.horizon)  # fmt: skip
     assert (done.outcome.radius, done.outcome.bound_alpha) == (look.radius, look.look_alpha)
-    assert clock.per_sample > 1e-6  # the cut draw taught the clock
+    if drain > 0:
+        assert clock.drain != drain  # the stop measured how long the batches in flight took
+    else:
+        assert clock.per_sample > 1e-6  # the cut draw taught the clock

@@ -327,6 +327,30 @@ def test_a_cancelled_job_keeps_the_votes_of_its_classified_batches(linear_repo, 
         asyncio.run(make_and_count_with(linear_repo, Tally(np.ones(2, np.int64))))
 
 
+@STRATEGIES
+def test_a_job_stopped_at_its_tallys_time_ends_with_its_batches_in_flight(linear_repo,
+                                                                          device) -> None:
+    """``Tally.stop_at``: no batch is cut for the job from then on, and it returns (not raises)
+    once the batches in flight are back, with every one of their samples counted."""
+
+    async def main():
+        scheduler, metrics = await make_scheduler(linear_repo, 256, depth=2, device=device)
+        tally = Tally(np.zeros(2, np.int64), stop_at=time.monotonic() + 0.1)
+        started = time.monotonic()
+        counts = await asyncio.wait_for(
+            scheduler.count(GREY, 10**9, noise_generator(1), None, False, tally), 10
+        )
+        took = time.monotonic() - started
+        abandoned = metrics.samples_abandoned.labels("linear")._value.get()
+        await scheduler.close()
+        return counts, tally, took, abandoned
+
+    counts, tally, took, abandoned = asyncio.run(main())
+    assert tally.stopped and 0 < tally.samples < 10**9 and counts.sum() == tally.samples
+    assert tally.samples % 64 == 0 and 0.1 <= took < 5
+    assert abandoned == 10**9 - tally.samples
+
+
 async def make_and_count_with(repo, tally: Tally):
     scheduler, _ = await make_scheduler(repo, 256)
     try:

@@ -283,8 +283,9 @@ class DataPlane:
                         counts = await scheduler.count(x, num, rng, ticket.release, sound, tally)
                 finally:
                     sampling[0] += time.perf_counter() - began
-                clock.add(num, time.perf_counter() - began)
-                check_counts(counts, num, model)
+                drawn = tally.samples if tally is not None and tally.stopped else num
+                clock.add(drawn, time.perf_counter() - began)
+                check_counts(counts, drawn, model)
                 return counts
 
             chosen, early = None, looks.start_first_look(procedure, plan, draw, timing)

@@ -58,6 +58,7 @@ class DrawClock:
         self.fixed: float | None = None  # a
         self.per_sample: float | None = None  # b, from large draws
         self.largest: tuple[int, float] = (0, 0.0)  # the largest draw: (num, seconds)
+        self.drain, self.drain_deviation = 0.01, 0.005  # seconds, until measured
 
     @property
     def calibrated(self) -> bool:
@@ -74,6 +75,17 @@ class DrawClock:
             rate = max(seconds - (self.fixed or 0.0), 0.0) / num
             self.per_sample = rate if self.per_sample is None else (
                 self.per_sample + self.WEIGHT * (rate - self.per_sample))  # fmt: skip
+
+    def add_drain(self, seconds: float) -> None:
+        """A look stopped from cutting batches took ``seconds`` to get those in flight back."""
+        seconds = max(0.0, seconds)
+        self.drain_deviation += self.WEIGHT * (abs(seconds - self.drain) - self.drain_deviation)
+        self.drain += self.WEIGHT * (seconds - self.drain)
+
+    def drain_margin(self) -> float:
+        """How long before the answer margin a look stops cutting batches: the measured time
+        for the batches in flight to come back, plus three deviations."""
+        return self.drain + 3 * self.drain_deviation
 
     def fits(self, seconds: float) -> int:
         """How many samples one draw can take in ``seconds`` (0 if none, or nothing measured)."""
@@ -216,10 +228,12 @@ async def timed_looks(
     """Anytime looks under a deadline: each sized by ``anytime.timed_look_size`` to what
     the time left (less the answer margin) holds at the measured time per sample
     (``DrawClock``), the horizon fixed before the second look as ``LOOK_TIME_SHARE`` of the
-    samples the time left holds. A look still running at the margin is cut there and keeps
-    the batches classified by then, a look of that many samples if it adds at least a
-    tenth to the samples before it (else the looks before it stand). Sizes, cuts and
-    horizon come from the clock, never from the votes. Answers with the best look;
+    samples the time left holds. A look stops cutting batches a measured drain time before
+    the margin (``Tally.stop_at``) and ends with those in flight, so no sample drawn is lost;
+    one still running at the margin is cut there and keeps the batches classified by then.
+    Either is a look of that many samples if it adds at least a tenth to the samples before
+    it (else the looks before it stand). Sizes, stops, cuts and horizon come from the clock,
+    never from the votes. Answers with the best look;
     DeadlineExceeded only when the first look is not back in time. ``early``: the first
     look's size and its draw, started beside the selection."""
     classes, clock = model.config.num_classes, timing.clock
@@ -243,19 +257,30 @@ async def timed_looks(
             horizon = drawn + int(LOOK_TIME_SHARE * fits)
             plan = replace(plan, horizon=max(made[0], min(plan.cap, horizon)))
         stop_at = timing.deadline if not made else time.monotonic() + left
-        tally, began = Tally(np.zeros(classes, np.int64)), time.perf_counter()
+        # no batch is cut for the look from a drain time before the margin, so that those in
+        # flight are back by then and count; the margin itself cuts whatever is not
+        drain_at = stop_at - clock.drain_margin() if made else None
+        tally, began = Tally(np.zeros(classes, np.int64), stop_at=drain_at), time.perf_counter()
         try:
             async with asyncio.timeout_at(loop_time(stop_at)):
                 if not made and early is not None:
                     counts += await early[1]
                 else:
                     counts += await draw(size - drawn, tally)
-            drawn = size
+            if tally.stopped:  # stopped cutting at drain_at: every sample drawn is in
+                clock.add_drain(time.monotonic() - drain_at)
+                ended = time.monotonic()
+                if tally.samples < max(1, math.ceil(drawn / 10)):
+                    counts -= tally.counts
+                    break  # the looks before it stand
+            drawn = drawn + tally.samples if tally.stopped else size
         except TimeoutError:
             if not made:
                 raise DeadlineExceeded("the deadline passed before the first look was "
                                        "complete") from None  # fmt: skip
             ended = stop_at
+            if tally.stopped:  # the batches in flight were not all back by the margin
+                clock.add_drain(2 * (stop_at - drain_at))
             if tally.samples:  # what the cut look drew in its time teaches the clock
                 clock.add(tally.samples, time.perf_counter() - began)
             if tally.samples < max(1, math.ceil(drawn / 10)):
@@ -264,8 +289,7 @@ async def timed_looks(
             counts += tally.counts  # the look cut at the margin: what was classified by then
             drawn += tally.samples
         made.append(drawn)
-        outcome = decide(procedure, plan, tuple(made), len(made), selection_counts,
-                               counts)  # fmt: skip
+        outcome = decide(procedure, plan, tuple(made), len(made), selection_counts, counts)
         outcomes.append(outcome)
         snapshots.append(counts.copy())
         if ended is not None:

@@ -50,10 +50,14 @@ UNDECIDED = (
 class Tally:
     """The votes of a job's samples classified so far and how many samples they hold. A caller
     whose job a deadline cancels may keep them: which samples are in depends on the time only
-    (the batches back by then), never on their votes."""
+    (the batches back by then), never on their votes. With ``stop_at`` (time.monotonic()), no
+    batch is cut for the job from then on and it ends once those in flight are back, with
+    fewer samples than asked (``stopped``): a deadline's look that wastes no sample drawn."""
 
     counts: np.ndarray
     samples: int = 0
+    stop_at: float | None = None
+    stopped: bool = False
 
 
 @dataclass(eq=False)
@@ -165,19 +169,36 @@ class BatchScheduler:
             tally = Tally(np.zeros(self.model.config.num_classes, dtype=np.int64))
         if tally.samples or tally.counts.any() or tally.counts.shape != (self.model.config.num_classes,):
             raise ValueError("a job's tally starts empty, one count per class")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         source = self.noise.source(rng, sound)
         job = _Job(x, source, num, tally, future, on_classified=on_classified)
+        stop = None
+        if tally.stop_at is not None:
+            when = loop.time() + (tally.stop_at - time.monotonic())
+            stop = loop.call_at(when, self._stop_cutting, job)
         self._jobs.append(job)
         self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
         self._work.set()
         try:
             return await job.future
         finally:
+            if stop is not None:
+                stop.cancel()
             job.done = True
             self._drop(job)
             if job.remaining:  # cancelled or failed: these samples are never drawn
                 self.metrics.samples_abandoned.labels(self.model.name).inc(job.remaining)
+
+    def _stop_cutting(self, job: _Job) -> None:
+        """``Tally.stop_at`` came: no further batch for the job; it ends with the samples of
+        its batches in flight once they are back (at once if none is)."""
+        if job.done or not job.remaining:
+            return
+        self.metrics.samples_abandoned.labels(self.model.name).inc(job.remaining)
+        job.remaining, job.tally.stopped = 0, True
+        if job.in_flight == 0:
+            job.finish()
 
     def _drop(self, job: _Job) -> None:
         with contextlib.suppress(ValueError):
