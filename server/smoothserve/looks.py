@@ -83,9 +83,10 @@ class DrawClock:
         self.drain += self.WEIGHT * (seconds - self.drain)
 
     def drain_margin(self) -> float:
-        """How long before the answer margin a look stops cutting batches: the measured time
-        for the batches in flight to come back, plus three deviations."""
-        return self.drain + 3 * self.drain_deviation
+        """How long before the answer margin a look stops cutting batches: the mean measured
+        time for the batches in flight to come back (a drain that runs late is cut at the
+        margin, keeping what is back, so the mean loses less than a safety term would)."""
+        return self.drain
 
     def fits(self, seconds: float) -> int:
         """How many samples one draw can take in ``seconds`` (0 if none, or nothing measured)."""
