@@ -265,30 +265,26 @@ async def timed_looks(
         try:
             async with asyncio.timeout_at(loop_time(stop_at)):
                 if not made and early is not None:
-                    counts += await early[1]
+                    new = await early[1]
                 else:
-                    counts += await draw(size - drawn, tally)
-            if tally.stopped:  # stopped cutting at drain_at: every sample drawn is in
-                clock.add_drain(time.monotonic() - drain_at)
-                ended = time.monotonic()
-                if tally.samples < max(1, math.ceil(drawn / 10)):
-                    counts -= tally.counts
-                    break  # the looks before it stand
-            drawn = drawn + tally.samples if tally.stopped else size
+                    new = await draw(size - drawn, tally)
         except TimeoutError:
             if not made:
                 raise DeadlineExceeded("the deadline passed before the first look was "
                                        "complete") from None  # fmt: skip
-            ended = stop_at
-            if tally.stopped:  # the batches in flight were not all back by the margin
-                clock.add_drain(2 * (stop_at - drain_at))
+            ended = stop_at  # cut at the margin: what was classified by then
             if tally.samples:  # what the cut look drew in its time teaches the clock
                 clock.add(tally.samples, time.perf_counter() - began)
-            if tally.samples < max(1, math.ceil(drawn / 10)):
-                break  # the looks before it stand
             check_counts(tally.counts, tally.samples, model)
-            counts += tally.counts  # the look cut at the margin: what was classified by then
-            drawn += tally.samples
+            new = tally.counts
+        if tally.stopped:  # no batch cut from drain_at: back by the margin, or cut there
+            clock.add_drain(time.monotonic() - drain_at if ended is None
+                            else 2 * (stop_at - drain_at))  # fmt: skip
+            ended = time.monotonic() if ended is None else ended
+        if ended is not None and tally.samples < max(1, math.ceil(drawn / 10)):
+            break  # a stopped or cut look adding less than a tenth: the looks before it stand
+        counts += new
+        drawn = size if ended is None else drawn + tally.samples
         made.append(drawn)
         outcome = decide(procedure, plan, tuple(made), len(made), selection_counts, counts)
         outcomes.append(outcome)
