@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sequential.py --images 500 --deadline-ms 100 1000 --out docs/sequential.md
     .venv/bin/python bench/sequential.py --images 4 --fixed-n 2000               # smoke run
+    .venv/bin/python bench/sequential.py --images 500 --parts target --repeats 3 --baseline 1ce6576
 
 For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with n0 = 100:
   1. fixed-n CERTIFY at n = --fixed-n (100,000): each image's radius, certified accuracy at
@@ -10,7 +11,12 @@ For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with 
      and median samples per certificate (n0 + estimation samples; the minimum beside the
      median), certified accuracy at r, wall time; the ratio of fixed-n samples to sequential
      samples, and of the mean samples of the 2026-12-03 run (docs/benchmarks.md, before
-     issue 23: n0 fixed at 100) to today's;
+     issue 23: n0 fixed at 100) to today's. With --baseline REV, the same certificates on a
+     second server running the code of commit REV (its server, client library and model
+     repository, from ``git archive``, in this environment), --repeats times each, the two
+     servers taking turns: the ratio of the baseline's mean samples to today's, with a 95 %
+     bootstrap interval over the images (a mean set by the few images near the threshold
+     varies from run to run far more than a median);
   3. anytime certificates under each --deadline-ms deadline, next to fixed-n CERTIFY with the
      largest n that fits in the same time on this machine (measured here first): certified
      accuracy against radius, and the largest shortfall of anytime against fixed n.
@@ -21,8 +27,14 @@ with --out, writes it there.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import statistics
+import subprocess
+import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,13 +111,51 @@ def fitting_n(client, model: str, images, seconds: float, cap: int) -> int:
     return n
 
 
-def report_model(server, model: str, dataset, args, figure: dict) -> list[str]:
+@contextlib.contextmanager
+def baseline_server(revision: str | None, server_args: list[str]):
+    """A server running the code of commit ``revision`` (its ``server``, ``clients`` and
+    ``model_repo`` trees, taken with ``git archive``, imported ahead of this checkout's), or
+    None without a revision."""
+    if revision is None:
+        yield None
+        return
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "server", "clients",
+                              "model_repo"], check=True, capture_output=True).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="smoothserve-baseline-") as tree:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+        path = os.pathsep.join([f"{tree}/server", f"{tree}/clients"])
+        with ServerProcess(Path(tree) / "model_repo", server_args,
+                           env={"PYTHONPATH": path}) as server:  # fmt: skip
+            yield server
+
+
+def ratio_interval(before: list[list[int]], now: list[list[int]], seed: int = 0):
+    """The ratio of mean samples, before ÷ now, each image's samples averaged over its
+    repeats, and its 95 % bootstrap interval (images resampled, 2,000 times)."""
+    b, n = np.mean(before, axis=0), np.mean(now, axis=0)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(b), size=(2000, len(b)))
+    ratios = b[picks].mean(axis=1) / n[picks].mean(axis=1)
+    return b.mean() / n.mean(), *np.percentile(ratios, [2.5, 97.5])
+
+
+def per_image_samples(results) -> list[int]:
+    """Samples per image, 0 where the request failed (``samples`` drops failed requests)."""
+    return [0 if r is None else samples([(r, t)])[0] for r, t in results]
+
+
+def report_model(server, model: str, dataset, args, figure: dict, baseline=None) -> list[str]:
     """The model's report lines; ``figure`` gets what the plot shows: the samples of each
-    target-radius certificate, and each deadline's accuracy curves."""
+    target-radius certificate, and each deadline's accuracy curves. ``baseline``: a server
+    running the baseline commit, whose target-radius certificates run beside today's."""
     images, labels = dataset.images, dataset.labels
     lines = [f"### `{model}`", ""]
-    figure[model] = {"target": {}, "deadline": {}, "fixed_n": args.fixed_n + N0}
-    with SmoothServeClient(server.address, timeout=600) as client:
+    figure[model] = {"target": {}, "baseline": {}, "deadline": {}, "fixed_n": args.fixed_n + N0}
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(SmoothServeClient(server.address, timeout=600))
+        base_client = None if baseline is None else stack.enter_context(
+            SmoothServeClient(baseline.address, timeout=600))  # fmt: skip
         common = {"model_name": model, "n0": N0, "alpha": ALPHA}
         started = time.perf_counter()
         fixed = cached_fixed(args, model, len(images))
@@ -115,34 +165,60 @@ def report_model(server, model: str, dataset, args, figure: dict) -> list[str]:
         fixed_wall = time.perf_counter() - started
         print(f"{model}: fixed n = {args.fixed_n} in {fixed_wall:.0f} s")
         fixed_mean = statistics.mean(samples(fixed))
+        repeats = f", the mean of {args.repeats} runs" if args.repeats > 1 else ""
         lines += [
             f"Fixed-n CERTIFY (n = {args.fixed_n:,}): {fixed_mean:,.0f} samples per certificate, "
             f"{fixed_wall / len(images):.3f} s of wall time per certificate "
             f"({args.clients} at a time).",
             "",
+            f"Target radius{repeats}:",
+            "",
             "| target r | fixed-n cert. acc. | sequential cert. acc. | mean samples | median "
             "samples (min) | median selection samples (min) | fixed ÷ sequential (mean) | "
-            "before ÷ now (mean) | wall s / cert. (seq.) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "before ÷ now (mean) | wall s / cert. (seq.) |"
+            + (" baseline cert. acc. | baseline mean samples | baseline ÷ now (mean, 95 % "
+               "interval) |" if base_client else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if base_client else ""),
         ]
         for target in TARGETS if "target" in args.parts else ():
-            started = time.perf_counter()
-            seq = run_all(client, images, args.clients, n=args.fixed_n,
-                          procedure="target_radius", target_radius=target, **common)  # fmt: skip
-            wall = time.perf_counter() - started
+            options = {"n": args.fixed_n, "procedure": "target_radius", "target_radius": target,
+                       **common}  # fmt: skip
+            runs, base_runs, wall = [], [], 0.0
+            for _ in range(args.repeats):  # the two servers take turns
+                started = time.perf_counter()
+                runs.append(run_all(client, images, args.clients, **options))
+                wall += time.perf_counter() - started
+                if base_client:
+                    base_runs.append(run_all(base_client, images, args.clients, **options))
+            seq = [pair for run in runs for pair in run]
             drawn = samples(seq)
             figure[model]["target"][target] = drawn
             selected = [r.n0 for r, _ in seq if r is not None]
             mean, median = statistics.mean(drawn), statistics.median(drawn)
             before = BEFORE.get((model, target))
-            lines.append(
-                f"| {target} | {accuracy(fixed, labels, target):.1f} % | "
-                f"{accuracy(seq, labels, target):.1f} % | {mean:,.0f} | {median:,.0f} "
-                f"({min(drawn):,}) | {statistics.median(selected):,.0f} ({min(selected):,}) | "
+            certified = statistics.mean(accuracy(run, labels, target) for run in runs)
+            row = (
+                f"| {target} | {accuracy(fixed, labels, target):.1f} % | {certified:.1f} % | "
+                f"{mean:,.0f} | {median:,.0f} ({min(drawn):,}) | "
+                f"{statistics.median(selected):,.0f} ({min(selected):,}) | "
                 f"{fixed_mean / mean:.1f}× | "
                 + (f"{before / mean:.2f}×" if before and args.fixed_n == 100_000 else "–")
-                + f" | {wall / len(images):.3f} |"
+                + f" | {wall / len(runs) / len(images):.3f} |"
             )
+            if base_client:
+                ratio, low, high = ratio_interval(
+                    [per_image_samples(run) for run in base_runs],
+                    [per_image_samples(run) for run in runs])  # fmt: skip
+                base_certified = statistics.mean(accuracy(run, labels, target)
+                                                 for run in base_runs)  # fmt: skip
+                base_drawn = samples([p for run in base_runs for p in run])
+                figure[model]["baseline"][target] = base_drawn
+                base_mean = statistics.mean(base_drawn)
+                each = ", ".join(f"{statistics.mean(samples(b)) / statistics.mean(samples(n)):.2f}"
+                                 for b, n in zip(base_runs, runs, strict=True))  # fmt: skip
+                row += (f" {base_certified:.1f} % | {base_mean:,.0f} | {ratio:.2f}× "
+                        f"({low:.2f}–{high:.2f}; runs: {each}) |")
+            lines.append(row)
             print(lines[-1])
         counts = args.deadline_images or [len(images)] * len(args.deadline_ms)
         deadlines = zip(args.deadline_ms, counts, strict=True) if "deadline" in args.parts else ()
@@ -232,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path,
                         help="PNG: samples per target-radius certificate, and certified "
                              "accuracy under each deadline, anytime against fixed n")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="target-radius runs per radius (pooled in the report)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="a commit whose server runs the same target-radius certificates "
+                             "beside this checkout's (e.g. 1ce6576, the code of 2026-12-03)")
     parser.add_argument("--fixed-cache", type=Path,
                         help="JSON file: fixed-n results are saved there, and reused by a later "
                              "run with the same images and n")  # fmt: skip
@@ -248,38 +329,51 @@ def main(argv: list[str] | None = None) -> None:
     ]
     server_args = ["--max-n", str(max(args.fixed_n, 100_000)), "--exit-on-error", "false"]
     figure: dict = {}
-    with ServerProcess(args.model_repo, server_args) as server:
+    if args.baseline:
+        lines[-2] += (f" Baseline: the code of commit {args.baseline} on a second server, "
+                      "taking turns with this checkout's.")  # fmt: skip
+    with ServerProcess(args.model_repo, server_args) as server, \
+            baseline_server(args.baseline, server_args) as baseline:  # fmt: skip
         for model in args.models:
-            lines += report_model(server, model, dataset, args, figure)
+            lines += report_model(server, model, dataset, args, figure, baseline)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
     if args.plot:
-        plot(figure, args.plot, command.strip(), len(dataset))
+        plot(figure, args.plot, command.strip(), len(dataset), args.baseline)
 
 
-def plot(figure: dict, path: Path, command: str, images: int) -> None:
+def plot(figure: dict, path: Path, command: str, images: int, baseline: str | None) -> None:
     """One column per model: the empirical distribution of samples per target-radius
-    certificate at each radius (fixed n's samples a dashed line), and certified accuracy
-    against radius under each deadline, anytime (solid) against the fixed n that fits
-    (dashed)."""
+    certificate at each radius (the baseline commit's dotted, fixed n's samples a dashed
+    line), and, when deadlines ran, certified accuracy against radius under each deadline,
+    anytime (solid) against the fixed n that fits (dashed)."""
     from smoothserve_client.results import _pyplot
 
     plt = _pyplot()
     models = list(figure)
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8.5), squeeze=False)
+    rows = 2 if any(figure[m]["deadline"] for m in models) else 1
+    fig, axes = plt.subplots(rows, len(models), figsize=(6 * len(models), 4.5 * rows),
+                             squeeze=False)  # fmt: skip
     for column, model in enumerate(models):
-        top, bottom = axes[0][column], axes[1][column]
-        for target, drawn in figure[model]["target"].items():
+        top = axes[0][column]
+        for i, (target, drawn) in enumerate(figure[model]["target"].items()):
             ordered = np.sort(drawn)
             top.step(ordered, np.arange(1, len(ordered) + 1) / len(ordered), where="post",
-                     label=f"r = {target}")  # fmt: skip
+                     color=f"C{i}", label=f"r = {target}")  # fmt: skip
+            before = np.sort(figure[model]["baseline"].get(target, []))
+            if len(before):
+                top.step(before, np.arange(1, len(before) + 1) / len(before), where="post",
+                         color=f"C{i}", linestyle=":", label=f"r = {target}, {baseline}")  # fmt: skip
         top.axvline(figure[model]["fixed_n"], color="black", linestyle="--",
                     label=f"fixed n ({figure[model]['fixed_n']:,})")  # fmt: skip
         top.set(xscale="log", xlabel="samples per target-radius certificate (log)",
                 ylabel="share of images", title=model)  # fmt: skip
         top.legend(fontsize=8)
+        if rows == 1:
+            continue
+        bottom = axes[1][column]
         for i, (deadline, (radii, ours, theirs, n_fit)) in enumerate(
             figure[model]["deadline"].items()
         ):
