@@ -159,17 +159,20 @@ def report_model(server, model: str, dataset, args, figure: dict, baseline=None)
         common = {"model_name": model, "n0": N0, "alpha": ALPHA}
         started = time.perf_counter()
         fixed = cached_fixed(args, model, len(images))
-        if fixed is None:
+        cached = fixed is not None
+        if not cached:
             fixed = run_all(client, images, args.clients, n=args.fixed_n, **common)
             save_fixed(args, model, fixed)
         fixed_wall = time.perf_counter() - started
         print(f"{model}: fixed n = {args.fixed_n} in {fixed_wall:.0f} s")
         fixed_mean = statistics.mean(samples(fixed))
         repeats = f", the mean of {args.repeats} runs" if args.repeats > 1 else ""
+        wall = ("read back from --fixed-cache" if cached else
+                f"{fixed_wall / len(images):.3f} s of wall time per certificate "
+                f"({args.clients} at a time)")  # fmt: skip
+        lines.append(f"Fixed-n CERTIFY (n = {args.fixed_n:,}): {fixed_mean:,.0f} samples per "
+                     f"certificate, {wall}.")  # fmt: skip
         lines += [
-            f"Fixed-n CERTIFY (n = {args.fixed_n:,}): {fixed_mean:,.0f} samples per certificate, "
-            f"{fixed_wall / len(images):.3f} s of wall time per certificate "
-            f"({args.clients} at a time).",
             "",
             f"Target radius{repeats}:",
             "",
@@ -179,8 +182,8 @@ def report_model(server, model: str, dataset, args, figure: dict, baseline=None)
             + (" baseline cert. acc. | baseline mean samples | baseline ÷ now (mean, 95 % "
                "interval) |" if base_client else ""),
             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if base_client else ""),
-        ]
-        for target in TARGETS if "target" in args.parts else ():
+        ] if "target" in args.parts else []
+        for target in args.targets if "target" in args.parts else ():
             options = {"n": args.fixed_n, "procedure": "target_radius", "target_radius": target,
                        **common}  # fmt: skip
             runs, base_runs, wall = [], [], 0.0
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path,
                         help="PNG: samples per target-radius certificate, and certified "
                              "accuracy under each deadline, anytime against fixed n")  # fmt: skip
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     parser.add_argument("--repeats", type=int, default=1,
                         help="target-radius runs per radius (pooled in the report)")
     parser.add_argument("--baseline", metavar="REV",
