@@ -223,6 +223,8 @@ def report_model(server, model: str, dataset, args, figure: dict, baseline=None)
                         f"({low:.2f}–{high:.2f}; runs: {each}) |")
             lines.append(row)
             print(lines[-1])
+        if "target" in args.parts:
+            lines.append("")
         counts = args.deadline_images or [len(images)] * len(args.deadline_ms)
         deadlines = zip(args.deadline_ms, counts, strict=True) if "deadline" in args.parts else ()
         for deadline_ms, count in deadlines:
