@@ -387,12 +387,7 @@ def classifier_card(cfg: TrainConfig, history, wall_time_s, max_diff, n_train, c
         f"ONNX opset {OPSET}, dynamic batch axis. The torch checkpoint is "
         f"`checkpoints/{cfg.name}.pt` (`smoothtrain.checkpoint.load_model`).",
         "",
-        COMMAND_NOTE,
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_lines(command),
     ])  # fmt: skip
 
 
@@ -448,12 +443,7 @@ def denoiser_card(result: DenoiserResult, max_diff: float, n_train: int, command
           f"{h['noisy_acc_denoised']:.4f} | {h['noisy_acc_no_denoiser']:.4f} | "
           f"{h['seconds']:.0f} |" for h in result.history],
         "",
-        COMMAND_NOTE,
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_lines(command),
     ])  # fmt: skip
 
 
@@ -463,6 +453,11 @@ COMMAND_NOTE = (
     "settings is not trained again, and the wall time above is that of its training):"
 )
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def command_lines(command: str) -> list[str]:
+    """A card's closing lines: what the command does, then the command in a code block."""
+    return [COMMAND_NOTE, "", "```", command, "```", ""]
 
 
 def ensemble_card(
@@ -494,12 +489,7 @@ def ensemble_card(
         "",
         "`1/.keep` only holds the version folder: an ensemble has no model file of its own.",
         "",
-        COMMAND_NOTE,
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_lines(command),
         "## Results",
         "",
         RESULTS_BEGIN,
