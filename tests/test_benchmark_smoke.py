@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +44,24 @@ def test_sequential_benchmark_quick_run(tmp_path) -> None:
     assert "| 0.5 |" in result.stdout and "fixed ÷ sequential" in result.stdout
     assert "anytime" in result.stdout and "error" not in result.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_sequential_benchmark_against_a_baseline_commit(tmp_path) -> None:
+    """--baseline runs the target-radius certificates on a second server built from a commit's
+    tree (here HEAD's, the one commit every checkout has) and reports the ratio per radius."""
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sequential.py"), "--images", "4",
+         "--fixed-n", "2000", "--models", "fmnist_cnn_smoothadv_s050", "--parts", "target",
+         "--targets", "0.25", "0.5", "--repeats", "2", "--baseline", "HEAD"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Baseline: the code of commit HEAD" in result.stdout
+    assert "error" not in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "; runs: " in line]
+    assert len(rows) == 2 * 2  # two radii, printed as they finish and again in the report
+    for row in rows:
+        per_run = row.split("; runs: ")[1].split(")")[0].split(", ")
+        assert len(per_run) == 2 and all(float(r) > 0 for r in per_run)
