@@ -168,8 +168,8 @@ def report_model(server, model: str, dataset, args, figure: dict, baseline=None)
         fixed_mean = statistics.mean(samples(fixed))
         repeats = f", the mean of {args.repeats} runs" if args.repeats > 1 else ""
         fixed_timing = ("read back from --fixed-cache" if cached else
-                f"{fixed_wall / len(images):.3f} s of wall time per certificate "
-                f"({args.clients} at a time)")  # fmt: skip
+                        f"{fixed_wall / len(images):.3f} s of wall time per certificate "
+                        f"({args.clients} at a time)")  # fmt: skip
         lines.append(f"Fixed-n CERTIFY (n = {args.fixed_n:,}): {fixed_mean:,.0f} samples per "
                      f"certificate, {fixed_timing}.")  # fmt: skip
         lines += [
