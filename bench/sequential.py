@@ -18,8 +18,10 @@ For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with 
      bootstrap interval over the images (a mean set by the few images near the threshold
      varies from run to run far more than a median);
   3. anytime certificates under each --deadline-ms deadline, next to fixed-n CERTIFY with the
-     largest n that fits in the same time on this machine (measured here first): certified
-     accuracy against radius, and the largest shortfall of anytime against fixed n.
+     largest n that fits in the same time on this machine (measured here first, and shrunk
+     by 10 % and run again, up to --refits times, while it misses more than 1 in 20 of the
+     deadlines): certified accuracy against radius, and the largest shortfall of anytime
+     against fixed n.
 Certificates run --clients at a time, as a dataset job would. Prints a Markdown report and,
 with --out, writes it there.
 """
@@ -265,6 +267,12 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
     anytime = run_all(client, images, 1, n=args.fixed_n, procedure="anytime",
                       timeout=seconds, **common)  # fmt: skip
     fitted = run_all(client, images, 1, n=n_fit, timeout=seconds, **common)
+    shrunk = 0
+    while sum(r is None for r, _ in fitted) > len(images) // 20 and shrunk < args.refits:
+        # the machine is slower than during the fit: the n that fits now is smaller
+        n_fit, shrunk = int(n_fit * 0.9), shrunk + 1
+        print(f"  {model}: fixed n missed more than 1 in 20 deadlines; again at n = {n_fit:,}")
+        fitted = run_all(client, images, 1, n=n_fit, timeout=seconds, **common)
     radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     ours = [accuracy(anytime, labels, r) for r in radii]
     theirs = [accuracy(fitted, labels, r) for r in radii]
@@ -280,8 +288,10 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
         f"median {1000 * statistics.median(t for _, t in anytime):.0f} ms, max "
         f"{1000 * max(t for _, t in anytime):.0f} ms) against fixed n = {n_fit:,}, the "
         f"largest that fits in {deadline_ms:.0f} ms here (at most {args.fixed_n:,}; 19 of 20 "
-        f"trial requests in time), run under the same deadline: "
-        f"{sum(r is None for r, _ in fitted)} missed it.",
+        f"trial requests in time"
+        + (f"; shrunk {shrunk} times by 10 % after missing more than 1 in 20 of these "
+           "deadlines" if shrunk else "")
+        + f"), run under the same deadline: {sum(r is None for r, _ in fitted)} missed it.",
         "",
         "| radius | " + " | ".join(f"{r}" for r in radii) + " |",
         "|---|" + "---|" * len(radii),
@@ -321,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="PNG: samples per target-radius certificate, and certified "
                              "accuracy under each deadline, anytime against fixed n")  # fmt: skip
     parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+    parser.add_argument("--refits", type=int, default=3,
+                        help="times a fixed n that misses more than 1 in 20 of the deadlines is "
+                             "shrunk by 10 %% and run again")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1,
                         help="target-radius runs per radius (pooled in the report)")
     parser.add_argument("--baseline", metavar="REV",
