@@ -335,7 +335,7 @@ def test_a_look_stopped_or_cut_before_the_margin_keeps_its_samples(linear_repo, 
         x, rng = point_at(0.5, 1), noise_generator()
         clock = DrawClock()
         clock.add(1000, 1000 * 1e-9)  # optimistic: a nanosecond per sample
-        clock.drain, clock.drain_deviation = drain, 0.0
+        clock.drain = drain
 
         async def draw(num: int, tally: Tally | None = None) -> np.ndarray:
             return await scheduler.count(x, num, rng, None, False, tally)

@@ -151,8 +151,7 @@ class Server:
 
                 oip_grpc.add_to_server(plane, lambda: self.accepting, self.grpc_server)
                 self.prechecks.update(oip_grpc.PRECHECKS)
-                self.on_refused.update(dict.fromkeys(oip_grpc.PRECHECKS,
-                                                     self.on_refused[PREDICT_METHOD]))  # fmt: skip
+                self.on_refused[oip_grpc.INFER_METHOD] = self.on_refused[PREDICT_METHOD]
             if c.http_port >= 0:
                 from .transport.http_server import HttpLimits
                 from .transport.oip_rest import RestServer

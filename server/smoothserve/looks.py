@@ -58,7 +58,10 @@ class DrawClock:
         self.fixed: float | None = None  # a
         self.per_sample: float | None = None  # b, from large draws
         self.largest: tuple[int, float] = (0, 0.0)  # the largest draw: (num, seconds)
-        self.drain, self.drain_deviation = 0.01, 0.005  # seconds, until measured
+        # how long before the answer margin a look stops cutting batches: the mean measured
+        # time for those in flight to come back (a late drain is cut at the margin, keeping
+        # what is back, so the mean loses less than a safety term would); seconds
+        self.drain = 0.01
 
     @property
     def calibrated(self) -> bool:
@@ -78,15 +81,7 @@ class DrawClock:
 
     def add_drain(self, seconds: float) -> None:
         """A look stopped from cutting batches took ``seconds`` to get those in flight back."""
-        seconds = max(0.0, seconds)
-        self.drain_deviation += self.WEIGHT * (abs(seconds - self.drain) - self.drain_deviation)
-        self.drain += self.WEIGHT * (seconds - self.drain)
-
-    def drain_margin(self) -> float:
-        """How long before the answer margin a look stops cutting batches: the mean measured
-        time for the batches in flight to come back (a drain that runs late is cut at the
-        margin, keeping what is back, so the mean loses less than a safety term would)."""
-        return self.drain
+        self.drain += self.WEIGHT * (max(0.0, seconds) - self.drain)
 
     def fits(self, seconds: float) -> int:
         """How many samples one draw can take in ``seconds`` (0 if none, or nothing measured)."""
@@ -260,7 +255,7 @@ async def timed_looks(
         stop_at = timing.deadline if not made else time.monotonic() + left
         # no batch is cut for the look from a drain time before the margin, so that those in
         # flight are back by then and count; the margin itself cuts whatever is not
-        drain_at = stop_at - clock.drain_margin() if made else None
+        drain_at = stop_at - clock.drain if made else None
         tally, began = Tally(np.zeros(classes, np.int64), stop_at=drain_at), time.perf_counter()
         try:
             async with asyncio.timeout_at(loop_time(stop_at)):

@@ -21,7 +21,8 @@ from .predict_call import answer
 from .wire import check_model_infer
 
 SERVICE = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-PRECHECKS = {f"/{SERVICE}/ModelInfer": check_model_infer}
+INFER_METHOD = f"/{SERVICE}/ModelInfer"
+PRECHECKS = {INFER_METHOD: check_model_infer}
 # each contents field in its protobuf type (uint32, float): oip.to_input checks the range
 INPUT_CONTENTS = {"UINT8": ("uint_contents", np.uint32), "FP32": ("fp32_contents", np.float32)}
 
