@@ -3,6 +3,7 @@
     .venv/bin/python bench/sequential.py --images 500 --deadline-ms 100 1000 --out docs/sequential.md
     .venv/bin/python bench/sequential.py --images 4 --fixed-n 2000               # smoke run
     .venv/bin/python bench/sequential.py --images 500 --parts target --repeats 3 --baseline 1ce6576
+    .venv/bin/python bench/sequential.py --images 500 --parts deadline --deadline-ms 100 --repeats 3
 
 For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with n0 = 100:
   1. fixed-n CERTIFY at n = --fixed-n (100,000): each image's radius, certified accuracy at
@@ -20,8 +21,9 @@ For each model, on the same Fashion-MNIST test images and at alpha = 0.001 with 
   3. anytime certificates under each --deadline-ms deadline, next to fixed-n CERTIFY with the
      largest n that fits in the same time on this machine (measured here first, and shrunk
      by 10 % and run again, up to --refits times, while it misses more than 1 in 20 of the
-     deadlines): certified accuracy against radius, and the largest shortfall of anytime
-     against fixed n.
+     deadlines), the two taking turns image by image, --repeats times: certified accuracy
+     against radius (the mean of the runs), fixed n less anytime at each radius with a 95 %
+     bootstrap interval over the images, and the largest shortfall of anytime.
 Certificates run --clients at a time, as a dataset job would. Prints a Markdown report and,
 with --out, writes it there.
 """
@@ -62,20 +64,21 @@ BEFORE = {
 }  # fmt: skip
 
 
+def timed_predict(client: SmoothServeClient, image, **options) -> tuple:
+    """One certificate: (result, or None after an error, seconds)."""
+    started = time.perf_counter()
+    try:
+        result = client.predict(image=image, **options)
+    except SmoothServeError as error:
+        print(f"  error: {error}")
+        result = None
+    return result, time.perf_counter() - started
+
+
 def run_all(client: SmoothServeClient, images, clients: int, **options) -> list:
     """One certificate per image, ``clients`` at a time: (result or None, seconds) each."""
-
-    def one(image):
-        started = time.perf_counter()
-        try:
-            result = client.predict(image=image, **options)
-        except SmoothServeError as error:
-            print(f"  error: {error}")
-            result = None
-        return result, time.perf_counter() - started
-
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, images))
+        return list(pool.map(lambda image: timed_predict(client, image, **options), images))
 
 
 def accuracy(results, labels, radius: float) -> float:
@@ -258,59 +261,125 @@ def save_fixed(args, model: str, fixed) -> None:
     args.fixed_cache.write_text(json.dumps(store))
 
 
+def alternating_runs(client, images, seconds: float, n_fit: int, cap: int, common) -> tuple:
+    """Anytime (n at most ``cap``) and fixed n = ``n_fit`` on each image under the same
+    deadline, one request at a time, the two taking turns image by image (which goes first
+    alternates), so that a machine whose speed drifts during the run slows both alike:
+    (anytime results, fixed-n results), as ``run_all`` gives them."""
+    anytime, fixed = [], []
+    for i, image in enumerate(images):
+        pair = [(anytime, {"n": cap, "procedure": "anytime"}), (fixed, {"n": n_fit})]
+        for results, options in pair[:: 1 if i % 2 == 0 else -1]:
+            results.append(timed_predict(client, image, timeout=seconds, **options, **common))
+    return anytime, fixed
+
+
+def missed(results) -> int:
+    return sum(r is None for r, _ in results)
+
+
+def shortfall_interval(anytime_runs, fixed_runs, labels, radius: float, seed: int = 0):
+    """Fixed n's certified accuracy at ``radius`` less anytime's, in points, each image's
+    certificates averaged over the runs, and its 95 % bootstrap interval (images resampled,
+    2,000 times; the two procedures ran on the same images, so the images are paired)."""
+
+    def hits(run) -> np.ndarray:
+        return np.array([r is not None and not r.abstain and r.prediction == y
+                         and r.radius >= radius for (r, _), y in zip(run, labels, strict=True)])
+
+    gap = np.mean([hits(f) for f in fixed_runs], axis=0) - np.mean(
+        [hits(a) for a in anytime_runs], axis=0)  # fmt: skip
+    picks = np.random.default_rng(seed).integers(0, len(gap), size=(2000, len(gap)))
+    low, high = np.percentile(100 * gap[picks].mean(axis=1), [2.5, 97.5])
+    return 100 * gap.mean(), low, high
+
+
 def report_deadline(client, model, images, labels, deadline_ms, args, common,
                     figure: dict) -> list[str]:  # fmt: skip
-    """Anytime under a deadline against the largest fixed n that fits in it (``figure`` gets
-    both accuracy curves)."""
+    """Anytime under a deadline against the largest fixed n that fits in it, ``args.repeats``
+    runs of each, taking turns image by image (``figure`` gets both accuracy curves, pooled)."""
     seconds = deadline_ms / 1000
     n_fit = fitting_n(client, model, images, seconds, args.fixed_n)
-    anytime = run_all(client, images, 1, n=args.fixed_n, procedure="anytime",
-                      timeout=seconds, **common)  # fmt: skip
-    fitted = run_all(client, images, 1, n=n_fit, timeout=seconds, **common)
-    shrunk = 0
-    while sum(r is None for r, _ in fitted) > len(images) // 20 and shrunk < args.refits:
-        # the machine is slower than during the fit: the n that fits now is smaller
-        n_fit, shrunk = int(n_fit * 0.9), shrunk + 1
-        print(f"  {model}: fixed n missed more than 1 in 20 deadlines; again at n = {n_fit:,}")
-        fitted = run_all(client, images, 1, n=n_fit, timeout=seconds, **common)
+    anytime_runs, fixed_runs, shrunk = [], [], 0
+    while len(fixed_runs) < args.repeats:
+        anytime, fitted = alternating_runs(client, images, seconds, n_fit, args.fixed_n, common)
+        if missed(fitted) > len(images) // 20 and shrunk < args.refits:
+            # the machine is slower than during the fit: the n that fits now is smaller
+            n_fit, shrunk = int(n_fit * 0.9), shrunk + 1
+            print(f"  {model}: fixed n missed more than 1 in 20 deadlines; the run again at "
+                  f"n = {n_fit:,}")  # fmt: skip
+            continue
+        anytime_runs.append(anytime)
+        fixed_runs.append(fitted)
     radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-    ours = [accuracy(anytime, labels, r) for r in radii]
-    theirs = [accuracy(fitted, labels, r) for r in radii]
-    figure[deadline_ms] = (radii, ours, theirs, n_fit)
-    drawn = samples(anytime)
+    ours = [statistics.mean(accuracy(run, labels, r) for run in anytime_runs) for r in radii]
+    theirs = [statistics.mean(accuracy(run, labels, r) for run in fixed_runs) for r in radii]
+    gaps = [shortfall_interval(anytime_runs, fixed_runs, labels, r) for r in radii]
+    figure[deadline_ms] = (radii, ours, theirs, n_fit, gaps)
+    every = [pair for run in anytime_runs for pair in run]
+    drawn = samples(every)
+    runs = len(fixed_runs)
+    pooled = f", the mean of {runs} runs" if runs > 1 else ""
+    per_run = [max(accuracy(f, labels, r) - accuracy(a, labels, r) for r in radii)
+               for a, f in zip(anytime_runs, fixed_runs, strict=True)]  # fmt: skip
+    missed_fixed = [missed(run) for run in fixed_runs]
     lines = [
         "",
         f"Under a {deadline_ms:.0f} ms deadline ({len(images)} images, one request at a "
-        "time): anytime "
+        f"time{pooled}, anytime and fixed n taking turns image by image): anytime "
         f"certificates (mean {statistics.mean(drawn):,.0f} samples, median "
         f"{statistics.median(drawn):,.0f} (min {min(drawn):,}); "
-        f"{sum(r is None for r, _ in anytime)} missed the deadline; wall time per request "
-        f"median {1000 * statistics.median(t for _, t in anytime):.0f} ms, max "
-        f"{1000 * max(t for _, t in anytime):.0f} ms) against fixed n = {n_fit:,}, the "
+        f"{missed(every)} of {len(every)} missed the deadline; wall time per request "
+        f"median {1000 * statistics.median(t for _, t in every):.0f} ms, max "
+        f"{1000 * max(t for _, t in every):.0f} ms) against fixed n = {n_fit:,}, the "
         f"largest that fits in {deadline_ms:.0f} ms here (at most {args.fixed_n:,}; 19 of 20 "
         f"trial requests in time"
-        + (f"; shrunk {shrunk} times by 10 % after missing more than 1 in 20 of these "
-           "deadlines" if shrunk else "")
-        + f"), run under the same deadline: {sum(r is None for r, _ in fitted)} missed it.",
+        + (f"; shrunk {shrunk} times by 10 % after a run that missed more than 1 in 20 of "
+           "these deadlines, that run made again" if shrunk else "")
+        + f"), under the same deadline: it missed {', '.join(map(str, missed_fixed))} of "
+        f"{len(images)} (a missed deadline counts as no certificate).",
         "",
         "| radius | " + " | ".join(f"{r}" for r in radii) + " |",
         "|---|" + "---|" * len(radii),
         "| anytime | " + " | ".join(f"{a:.1f} %" for a in ours) + " |",
         f"| fixed n = {n_fit:,} | " + " | ".join(f"{a:.1f} %" for a in theirs) + " |",
+        "| fixed n − anytime, points (95 % interval over images) | "
+        + " | ".join(f"{g:+.1f} ({lo:+.1f} to {hi:+.1f})" for g, lo, hi in gaps) + " |",
         "",
-        f"Largest shortfall of anytime against fixed n: "
-        f"{max(t - a for a, t in zip(ours, theirs, strict=True)):.1f} points.",
+        f"Largest shortfall of anytime against fixed n: {max(g for g, _, _ in gaps):.1f} points"
+        + (f" (each run's: {', '.join(f'{s:.1f}' for s in per_run)})" if runs > 1 else "")
+        + ".",
         "",
     ]
-    missed = sum(r is None for r, _ in fitted)
-    if missed > len(images) // 20:
+    if max(missed_fixed) > len(images) // 20:
         lines[-1:-1] = [
-            f"(The fitted n missed {missed} of {len(images)} deadlines here, more than the 1 in "
-            "20 it was fitted to: the machine was slower than during the fit, and these rows "
-            "flatter anytime.)",
+            f"(The fitted n missed more than 1 in 20 of the deadlines in a run ({max(missed_fixed)}"
+            f" of {len(images)}) after {args.refits} refits: the machine was slower than during "
+            "the fit, and these rows flatter anytime.)",
         ]
+    lines[-1:-1] = [
+        "Leaving out, in each run, the images whose fixed-n request missed the deadline: "
+        "fixed n less anytime is at most "
+        f"{max(answered_gap(anytime_runs, fixed_runs, labels, r) for r in radii):.1f} points.",
+        "",
+    ]
     print("\n".join(lines))
     return lines
+
+
+def answered_gap(anytime_runs, fixed_runs, labels, radius: float) -> float:
+    """Fixed n's certified accuracy less anytime's at ``radius`` over the images where fixed n
+    answered in time (in each run; the mean of the runs), in points: anytime's lead without
+    the fixed-n requests the deadline cut."""
+    gaps = []
+    for anytime, fixed in zip(anytime_runs, fixed_runs, strict=True):
+        kept = [i for i, (r, _) in enumerate(fixed) if r is not None]
+        if not kept:
+            continue
+        pick = [labels[i] for i in kept]
+        gaps.append(accuracy([fixed[i] for i in kept], pick, radius)
+                    - accuracy([anytime[i] for i in kept], pick, radius))  # fmt: skip
+    return statistics.mean(gaps) if gaps else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="times a fixed n that misses more than 1 in 20 of the deadlines is "
                              "shrunk by 10 %% and run again")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1,
-                        help="target-radius runs per radius (pooled in the report)")
+                        help="runs of each target radius, and of each deadline's anytime and "
+                             "fixed-n certificates (pooled in the report)")  # fmt: skip
     parser.add_argument("--baseline", metavar="REV",
                         help="a commit whose server runs the same target-radius certificates "
                              "beside this checkout's (e.g. 1ce6576, the code of 2026-12-03)")
@@ -374,15 +444,25 @@ def plot(figure: dict, path: Path, command: str, images: int, baseline: str | No
     """One column per model: the empirical distribution of samples per target-radius
     certificate at each radius (the baseline commit's dotted, fixed n's samples a dashed
     line), and, when deadlines ran, certified accuracy against radius under each deadline,
-    anytime (solid) against the fixed n that fits (dashed)."""
+    anytime (solid) against the fixed n that fits (dashed), and below it fixed n less
+    anytime with its 95 % interval."""
     from smoothserve_client.results import _pyplot
 
     plt = _pyplot()
     models = list(figure)
-    rows = 2 if any(figure[m]["deadline"] for m in models) else 1
+    targets = any(figure[m]["target"] for m in models)
+    deadlines = any(figure[m]["deadline"] for m in models)
+    rows = int(targets) + 2 * int(deadlines)
     fig, axes = plt.subplots(rows, len(models), figsize=(6 * len(models), 4.5 * rows),
                              squeeze=False)  # fmt: skip
     for column, model in enumerate(models):
+        if not targets:
+            axes[0][column].set_title(model)
+        if deadlines:
+            draw_deadlines(axes[rows - 2][column], figure[model]["deadline"])
+            draw_gaps(axes[rows - 1][column], figure[model]["deadline"])
+        if not targets:
+            continue
         top = axes[0][column]
         for i, (target, drawn) in enumerate(figure[model]["target"].items()):
             ordered = np.sort(drawn)
@@ -397,23 +477,36 @@ def plot(figure: dict, path: Path, command: str, images: int, baseline: str | No
         top.set(xscale="log", xlabel="samples per target-radius certificate (log)",
                 ylabel="share of images", title=model)  # fmt: skip
         top.legend(fontsize=8)
-        if rows == 1:
-            continue
-        bottom = axes[1][column]
-        for i, (deadline, (radii, ours, theirs, n_fit)) in enumerate(
-            figure[model]["deadline"].items()
-        ):
-            color = f"C{i}"
-            bottom.plot(radii, ours, color=color, marker="o",
-                        label=f"anytime, {deadline:.0f} ms")  # fmt: skip
-            bottom.plot(radii, theirs, color=color, linestyle="--", marker="x",
-                        label=f"fixed n = {n_fit:,}, {deadline:.0f} ms")  # fmt: skip
-        bottom.set(xlabel="radius", ylabel="certified accuracy (%)", ylim=(0, 100))
-        bottom.legend(fontsize=8)
     fig.suptitle(f"{command}\n{images} Fashion-MNIST test images, alpha = {ALPHA}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_deadlines(axis, deadlines: dict) -> None:
+    """Certified accuracy against radius under each deadline: anytime (solid) against the
+    fixed n that fits (dashed), each the mean of the runs."""
+    for i, (deadline, (radii, ours, theirs, n_fit, _)) in enumerate(deadlines.items()):
+        axis.plot(radii, ours, color=f"C{i}", marker="o", label=f"anytime, {deadline:.0f} ms")
+        axis.plot(radii, theirs, color=f"C{i}", linestyle="--", marker="x",
+                  label=f"fixed n = {n_fit:,}, {deadline:.0f} ms")  # fmt: skip
+    axis.set(xlabel="radius", ylabel="certified accuracy (%)", ylim=(0, 100))
+    axis.legend(fontsize=8)
+
+
+def draw_gaps(axis, deadlines: dict) -> None:
+    """Fixed n's certified accuracy less anytime's at each radius, with its 95 % bootstrap
+    interval over the images, under each deadline (above 0: anytime certifies fewer)."""
+    for i, (deadline, (radii, _, _, _, gaps)) in enumerate(deadlines.items()):
+        shift = 0.02 * (i - (len(deadlines) - 1) / 2)  # side by side, not on top of each other
+        mean = np.array([g for g, _, _ in gaps])
+        spread = np.array([[g - low, high - g] for g, low, high in gaps]).T
+        axis.errorbar(np.array(radii) + shift, mean, yerr=spread, color=f"C{i}", marker="o",
+                      capsize=3, linestyle="none", label=f"{deadline:.0f} ms")  # fmt: skip
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.axhline(0.5, color="grey", linestyle=":", label="0.5 points")
+    axis.set(xlabel="radius", ylabel="fixed n − anytime (points, 95 % interval)")
+    axis.legend(fontsize=8)
 
 
 if __name__ == "__main__":

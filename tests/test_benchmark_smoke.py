@@ -65,3 +65,35 @@ def test_sequential_benchmark_against_a_baseline_commit(tmp_path) -> None:
     for row in rows:
         per_run = row.split("; runs: ")[1].split(")")[0].split(", ")
         assert len(per_run) == 2 and all(float(r) > 0 for r in per_run)
+
+
+def test_sequential_benchmark_pools_deadline_runs_taking_turns(tmp_path) -> None:
+    """--repeats runs anytime and the fitted fixed n image by image in turn, pools the runs, and
+    reports fixed n less anytime per radius: the row agrees with the two pooled rows. The plot
+    of a run without target rows has the deadline panels only."""
+    plot = tmp_path / "deadline.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sequential.py"), "--images", "4",
+         "--fixed-n", "2000", "--models", "fmnist_cnn_smoothadv_s050", "--parts", "deadline",
+         "--deadline-ms", "300", "--repeats", "2", "--plot", str(plot)],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout
+    assert "the mean of 2 runs, anytime and fixed n taking turns image by image" in text
+    report = text[text.index("## Sequential certification"):]
+
+    def row(name: str) -> list[str]:
+        line = next(line for line in report.splitlines() if line.startswith(f"| {name}"))
+        return [cell.strip() for cell in line.strip("|").split("|")[1:]]
+
+    ours = [float(cell.rstrip(" %")) for cell in row("anytime")]
+    theirs = [float(cell.rstrip(" %")) for cell in row("fixed n =")]
+    gaps = [float(cell.split(" (")[0]) for cell in row("fixed n − anytime")]
+    assert len(ours) == len(theirs) == len(gaps) == 7
+    for a, f, g in zip(ours, theirs, gaps, strict=True):
+        assert abs((f - a) - g) <= 0.11, (a, f, g)
+    per_run = report.split("each run's: ")[1].split(")")[0].split(", ")
+    assert len(per_run) == 2
+    assert f"Largest shortfall of anytime against fixed n: {max(gaps):.1f} points" in report
+    assert plot.read_bytes().startswith(b"\x89PNG")
