@@ -261,16 +261,21 @@ def save_fixed(args, model: str, fixed) -> None:
     args.fixed_cache.write_text(json.dumps(store))
 
 
-def alternating_runs(client, images, seconds: float, n_fit: int, cap: int, common) -> tuple:
+def alternating_runs(client, images, seconds: float, n_fit: int, cap: int, common,
+                     pause: float) -> tuple:  # fmt: skip
     """Anytime (n at most ``cap``) and fixed n = ``n_fit`` on each image under the same
     deadline, one request at a time, the two taking turns image by image (which goes first
-    alternates), so that a machine whose speed drifts during the run slows both alike:
-    (anytime results, fixed-n results), as ``run_all`` gives them."""
+    alternates), so that a machine whose speed drifts during the run slows both alike, with
+    ``pause`` seconds after each request: a look cut at the deadline leaves the batches
+    already sent to the network running after its answer, and without the pause they would
+    slow the next request, every other time a fixed-n one. (anytime results, fixed-n
+    results), as ``run_all`` gives them."""
     anytime, fixed = [], []
     for i, image in enumerate(images):
         pair = [(anytime, {"n": cap, "procedure": "anytime"}), (fixed, {"n": n_fit})]
         for results, options in pair[:: 1 if i % 2 == 0 else -1]:
             results.append(timed_predict(client, image, timeout=seconds, **options, **common))
+            time.sleep(pause)
     return anytime, fixed
 
 
@@ -302,7 +307,8 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
     n_fit = fitting_n(client, model, images, seconds, args.fixed_n)
     anytime_runs, fixed_runs, shrunk = [], [], 0
     while len(fixed_runs) < args.repeats:
-        anytime, fitted = alternating_runs(client, images, seconds, n_fit, args.fixed_n, common)
+        anytime, fitted = alternating_runs(client, images, seconds, n_fit, args.fixed_n, common,
+                                           args.pause)  # fmt: skip
         if missed(fitted) > len(images) // 20 and shrunk < args.refits:
             # the machine is slower than during the fit: the n that fits now is smaller
             n_fit, shrunk = int(n_fit * 0.9), shrunk + 1
@@ -326,7 +332,8 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
     lines = [
         "",
         f"Under a {deadline_ms:.0f} ms deadline ({len(images)} images, one request at a "
-        f"time{pooled}, anytime and fixed n taking turns image by image): anytime "
+        f"time, {args.pause:g} s apart{pooled}, anytime and fixed n taking turns image by "
+        "image): anytime "
         f"certificates (mean {statistics.mean(drawn):,.0f} samples, median "
         f"{statistics.median(drawn):,.0f} (min {min(drawn):,}); "
         f"{missed(every)} of {len(every)} missed the deadline; wall time per request "
@@ -406,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each target radius, and of each deadline's anytime and "
                              "fixed-n certificates (pooled in the report)")  # fmt: skip
+    parser.add_argument("--pause", type=float, default=0.1,
+                        help="seconds between deadline requests, so that each starts on an "
+                             "idle server")  # fmt: skip
     parser.add_argument("--baseline", metavar="REV",
                         help="a commit whose server runs the same target-radius certificates "
                              "beside this checkout's (e.g. 1ce6576, the code of 2026-12-03)")

@@ -80,7 +80,7 @@ def test_sequential_benchmark_pools_deadline_runs_taking_turns(tmp_path) -> None
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
-    assert "the mean of 2 runs, anytime and fixed n taking turns image by image" in text
+    assert "s apart, the mean of 2 runs, anytime and fixed n taking turns image by image" in text
     report = text[text.index("## Sequential certification"):]
 
     def row(name: str) -> list[str]:

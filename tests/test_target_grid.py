@@ -5,9 +5,12 @@ invalid rule), and the verifier recomputing v3 and v2 schedules."""
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import math
 import statistics
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from smoothcert.bounds import lower_confidence_bound
 from smoothcert.families import FAMILIES
 from smoothcert.procedures import Plan, look_schedule
 from smoothcert.procedures.target_radius import (
+    certifying_counts,
     target_levels,
     target_levels_v2,
     target_radius_look,
@@ -187,3 +191,39 @@ def test_the_verifier_recomputes_v3_and_v2_schedules():
     k = new.index(n) + 1
     assert v3.look(plan, new, k, selection, np.array([n, 0])).bound_alpha == target_levels(
         new, 0.5, GAUSSIAN, 0.25, 0.001)[k - 1]  # fmt: skip
+
+
+@pytest.fixture
+def exact_spending(monkeypatch):
+    """bench/exact_spending.py (it imports bench/target_grid.py as a sibling)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    return importlib.import_module("exact_spending")
+
+
+def test_exact_crossing_probability_against_enumeration(exact_spending):
+    """The dynamic programme over lost votes against all 2^9 vote sequences, with a look that
+    can never certify (its count exceeds its size)."""
+    schedule, certifying, p = (3, 5, 7, 9), (4, 5, 6, 8), 0.8
+    total = 0.0
+    for votes in itertools.product((0, 1), repeat=schedule[-1]):
+        if any(sum(votes[:n]) >= c for n, c in zip(schedule, certifying, strict=True)):
+            total += math.prod(p if v else 1 - p for v in votes)
+    assert exact_spending.crossing_probability(schedule, certifying, p) == pytest.approx(
+        total, rel=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("target, sigma, alpha", [(0.25, 0.25, 0.001), (0.75, 0.25, 0.001),
+                                                  (0.5, 0.5, 0.05), (0.1, 0.5, 0.01)])  # fmt: skip
+def test_v3_levels_spend_at_most_alpha_exactly(exact_spending, target, sigma, alpha):
+    """The union bound's guarantee, computed exactly rather than simulated: at p_A equal to
+    the threshold, the probability that some look of today's test reaches its certifying
+    count is at most alpha (and its looks do certify: more than a tenth of alpha)."""
+    schedule = target_schedule(64, 20_000, target, GAUSSIAN, sigma, alpha)
+    counts = certifying_counts(schedule, target, GAUSSIAN, sigma, alpha)
+    spent = exact_spending.crossing_probability(schedule, counts, PHI.cdf(target / sigma))
+    assert alpha / 10 < spent <= alpha
+    # the exact group-sequential counts spend at most alpha too, and more of it
+    start = next(n for n, c in zip(schedule, counts, strict=True) if c <= n)
+    exact = exact_spending.spending_counts(schedule, start, PHI.cdf(target / sigma), alpha, 1 / 3)
+    assert spent <= exact_spending.crossing_probability(
+        schedule, exact, PHI.cdf(target / sigma)) <= alpha  # fmt: skip
