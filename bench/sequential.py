@@ -305,7 +305,7 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
     runs of each, taking turns image by image (``figure`` gets both accuracy curves, pooled)."""
     seconds = deadline_ms / 1000
     n_fit = fitting_n(client, model, images, seconds, args.fixed_n)
-    anytime_runs, fixed_runs, shrunk = [], [], 0
+    anytime_runs, fixed_runs, fixed_ns, shrunk = [], [], [], 0
     while len(fixed_runs) < args.repeats:
         anytime, fitted = alternating_runs(client, images, seconds, n_fit, args.fixed_n, common,
                                            args.pause)  # fmt: skip
@@ -317,11 +317,15 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
             continue
         anytime_runs.append(anytime)
         fixed_runs.append(fitted)
+        fixed_ns.append(n_fit)
     radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     ours = [statistics.mean(accuracy(run, labels, r) for run in anytime_runs) for r in radii]
     theirs = [statistics.mean(accuracy(run, labels, r) for run in fixed_runs) for r in radii]
     gaps = [shortfall_interval(anytime_runs, fixed_runs, labels, r) for r in radii]
-    figure[deadline_ms] = (radii, ours, theirs, n_fit, gaps)
+    # a refit after an accepted run leaves the runs at different n: name each run's
+    n_label = (f"{n_fit:,}" if len(set(fixed_ns)) == 1
+               else " / ".join(f"{n:,}" for n in fixed_ns) + " (each run's)")  # fmt: skip
+    figure[deadline_ms] = (radii, ours, theirs, n_label, gaps)
     every = [pair for run in anytime_runs for pair in run]
     drawn = samples(every)
     runs = len(fixed_runs)
@@ -338,7 +342,7 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
         f"{statistics.median(drawn):,.0f} (min {min(drawn):,}); "
         f"{missed(every)} of {len(every)} missed the deadline; wall time per request "
         f"median {1000 * statistics.median(t for _, t in every):.0f} ms, max "
-        f"{1000 * max(t for _, t in every):.0f} ms) against fixed n = {n_fit:,}, the "
+        f"{1000 * max(t for _, t in every):.0f} ms) against fixed n = {n_label}, the "
         f"largest that fits in {deadline_ms:.0f} ms here (at most {args.fixed_n:,}; 19 of 20 "
         f"trial requests in time"
         + (f"; shrunk {shrunk} times by 10 % after a run that missed more than 1 in 20 of "
@@ -349,7 +353,7 @@ def report_deadline(client, model, images, labels, deadline_ms, args, common,
         "| radius | " + " | ".join(f"{r}" for r in radii) + " |",
         "|---|" + "---|" * len(radii),
         "| anytime | " + " | ".join(f"{a:.1f} %" for a in ours) + " |",
-        f"| fixed n = {n_fit:,} | " + " | ".join(f"{a:.1f} %" for a in theirs) + " |",
+        f"| fixed n = {n_label} | " + " | ".join(f"{a:.1f} %" for a in theirs) + " |",
         "| fixed n − anytime, points (95 % interval over images) | "
         + " | ".join(f"{g:+.1f} ({lo:+.1f} to {hi:+.1f})" for g, lo, hi in gaps) + " |",
         "",
@@ -499,7 +503,7 @@ def draw_deadlines(axis, deadlines: dict) -> None:
     for i, (deadline, (radii, ours, theirs, n_fit, _)) in enumerate(deadlines.items()):
         axis.plot(radii, ours, color=f"C{i}", marker="o", label=f"anytime, {deadline:.0f} ms")
         axis.plot(radii, theirs, color=f"C{i}", linestyle="--", marker="x",
-                  label=f"fixed n = {n_fit:,}, {deadline:.0f} ms")  # fmt: skip
+                  label=f"fixed n = {n_fit}, {deadline:.0f} ms")  # fmt: skip
     axis.set(xlabel="radius", ylabel="certified accuracy (%)", ylim=(0, 100))
     axis.legend(fontsize=8)
 
