@@ -1,7 +1,9 @@
 """The target-radius test's format v3 look grid (looks 5/4 apart, 1/3 of alpha on the first
 look that can certify, the rest evenly): its levels against an independent computation, its
 validity by simulation at the null's boundary (with a control that the simulation catches an
-invalid rule), and the verifier recomputing v3 and v2 schedules."""
+invalid rule), the verifier recomputing v3 and v2 schedules, and the probability that the
+union bound's looks certify at the null's boundary computed exactly (bench/exact_spending.py,
+checked against enumeration)."""
 
 from __future__ import annotations
 
