@@ -81,12 +81,16 @@ def run_all(client: SmoothServeClient, images, clients: int, **options) -> list:
         return list(pool.map(lambda image: timed_predict(client, image, **options), images))
 
 
-def accuracy(results, labels, radius: float) -> float:
-    hits = [
+def hits(results, labels, radius: float) -> np.ndarray:
+    """Per image: certified, correct and at a radius of at least ``radius``."""
+    return np.array([
         r is not None and not r.abstain and r.prediction == y and r.radius >= radius
         for (r, _), y in zip(results, labels, strict=True)
-    ]
-    return 100 * float(np.mean(hits))
+    ])  # fmt: skip
+
+
+def accuracy(results, labels, radius: float) -> float:
+    return 100 * float(np.mean(hits(results, labels, radius)))
 
 
 def samples(results) -> list[int]:
@@ -287,13 +291,8 @@ def shortfall_interval(anytime_runs, fixed_runs, labels, radius: float, seed: in
     """Fixed n's certified accuracy at ``radius`` less anytime's, in points, each image's
     certificates averaged over the runs, and its 95 % bootstrap interval (images resampled,
     2,000 times; the two procedures ran on the same images, so the images are paired)."""
-
-    def hits(run) -> np.ndarray:
-        return np.array([r is not None and not r.abstain and r.prediction == y
-                         and r.radius >= radius for (r, _), y in zip(run, labels, strict=True)])
-
-    gap = np.mean([hits(f) for f in fixed_runs], axis=0) - np.mean(
-        [hits(a) for a in anytime_runs], axis=0)  # fmt: skip
+    gap = np.mean([hits(f, labels, radius) for f in fixed_runs], axis=0) - np.mean(
+        [hits(a, labels, radius) for a in anytime_runs], axis=0)  # fmt: skip
     picks = np.random.default_rng(seed).integers(0, len(gap), size=(2000, len(gap)))
     low, high = np.percentile(100 * gap[picks].mean(axis=1), [2.5, 97.5])
     return 100 * gap.mean(), low, high
