@@ -285,7 +285,7 @@ def test_records_of_both_formats_verify(client):
         r = client.predict("linear", x, n0=100, n=400_000, alpha=0.001, procedure="anytime",
                            **options)  # fmt: skip
         record = json.loads(r.record)
-        assert record["format"] == "smoothserve.certificate.v3"
+        assert record["format"] == "smoothserve.certificate.v4"
         assert record["plan"]["selection"] == {"first": 8, "cap": 100, "level": 0.01}
         if not record["plan"]["timed"]:  # a deadline that never bound: the planned looks
             assert record["look_schedule"] == list(untimed_schedule(64, 400_000, r.tolerance))

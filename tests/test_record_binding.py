@@ -219,7 +219,7 @@ def test_the_plan_is_the_servers(saved):
 @pytest.mark.parametrize("kind", REQUESTS)
 def test_an_honest_record_verifies_with_and_without_the_model(kind, saved, key, linear_repo):
     record = load(saved / f"{kind}.json")
-    assert record["format"] == "smoothserve.certificate.v3"
+    assert record["format"] == "smoothserve.certificate.v4"
     assert record["config"] == {
         "noise_family": "gaussian",
         "sigma": LINEAR_SIGMA, "labels": ["negative", "positive"], "value_range": [0.0, 1.0],

@@ -6,6 +6,7 @@ signed distance of x to the boundary, so the true certified radius is d exactly.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -18,6 +19,7 @@ from scipy.stats import beta, binom, norm
 from servers import metric
 from test_linear_radius import point_at, true_radius
 
+from smoothcert import procedures
 from smoothcert.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothcert.families import FAMILIES
 from smoothcert.procedures import look_schedule
@@ -25,6 +27,8 @@ from smoothcert.procedures.anytime import anytime_alpha, anytime_look, anytime_l
 from smoothcert.procedures.target_radius import (
     EARLY_ABSTAIN_LEVEL,
     PROJECTION_LEVEL,
+    certifying_counts,
+    exact_counts,
     target_levels,
     target_levels_v2,
     target_radius_look,
@@ -83,7 +87,7 @@ def test_target_look_closed_form_for_unanimous_votes():
     Phi(1) = 0.8413) 64 unanimous votes certify at alpha = 0.001 over 12 looks, all of which
     can certify (each gets alpha / 12)."""
     assert target_levels_v2(S12, 0.5, GAUSSIAN, 0.5, 0.001) == (0.001 / 12,) * 12
-    look = target_radius_look(64, 64, 1, S12, 0.5, GAUSSIAN, 0.5, 0.001, v2=True)
+    look = target_radius_look(64, 64, 1, S12, 0.5, GAUSSIAN, 0.5, 0.001, version=2)
     assert look.decision == "certified"
     assert math.isclose(look.p_a_lower, (0.001 / 12) ** (1 / 64), rel_tol=1e-12)
     assert math.isclose(look.radius, 0.5 * PHI.inv_cdf((0.001 / 12) ** (1 / 64)), rel_tol=1e-9)
@@ -92,8 +96,8 @@ def test_target_look_closed_form_for_unanimous_votes():
     # below what any level the split could give it needs, so that look gets no alpha at all
     later = look_schedule(40, 100_000)
     assert target_levels_v2(later, 0.5, GAUSSIAN, 0.5, 0.001)[0] == 0.0
-    assert target_radius_look(40, 40, 1, later, 0.5, *HALF, v2=True).decision == "continue"
-    assert target_radius_look(40, 40, 1, (40,), 0.5, *HALF, v2=True).decision == "certified"
+    assert target_radius_look(40, 40, 1, later, 0.5, *HALF, version=2).decision == "continue"
+    assert target_radius_look(40, 40, 1, (40,), 0.5, *HALF, version=2).decision == "certified"
 
 
 def test_target_look_abstains_early_and_at_the_last_look():
@@ -137,7 +141,7 @@ def test_uniform_alpha_goes_only_to_looks_that_can_certify(lam, target):
     assert list(levels) == pytest.approx(expected)
     for n, level in zip(S12, levels, strict=True):
         assert level == 0.0 or lower_confidence_bound(n, n, level) > threshold
-    look = target_radius_look(64, 64, 1, S12, target, uniform, lam, 0.001, v2=True)
+    look = target_radius_look(64, 64, 1, S12, target, uniform, lam, 0.001, version=2)
     if levels[0]:
         assert look.decision == "certified"
         p = lower_confidence_bound(64, 64, levels[0])
@@ -351,11 +355,49 @@ def test_live_target_radius_certifies_easy_inputs_with_few_samples(client):
                        procedure="target_radius", target_radius=0.25)  # fmt: skip
     assert not r.abstain and r.radius >= 0.25 and r.radius <= true_radius(x)
     assert r.n <= 1024, r.n  # a fixed-n certificate would draw 100,000
-    # recomputable from the response alone
+    # recomputable from the response alone: the look's Clopper-Pearson bound, or the threshold
+    # where the votes reach the exact count (format v4) but not that bound
+    plan = (tuple(r.look_schedule), 0.25, GAUSSIAN, LINEAR_SIGMA, 0.001)
+    assert r.counts[r.candidate] >= exact_counts(*plan)[r.looks - 1]
     p = lower_confidence_bound(r.counts[r.candidate], r.n, r.bound_alpha)
-    assert math.isclose(r.p_a_lower, p) and math.isclose(r.radius, LINEAR_SIGMA * PHI.inv_cdf(p))
-    levels = target_levels(tuple(r.look_schedule), 0.25, GAUSSIAN, LINEAR_SIGMA, 0.001)
-    assert r.bound_alpha == levels[r.looks - 1] > 0
+    threshold = PHI.cdf(0.25 / LINEAR_SIGMA)
+    if p > threshold:
+        assert math.isclose(r.p_a_lower, p)
+        assert math.isclose(r.radius, LINEAR_SIGMA * PHI.inv_cdf(p))
+    else:
+        assert (r.p_a_lower, r.radius) == (pytest.approx(threshold), 0.25)
+    assert r.bound_alpha == target_levels(*plan)[r.looks - 1] > 0
+
+
+def test_live_target_radius_records_verify_under_their_format(client):
+    """The server signs format v4; its record verifies, and as a v3 record too when its votes
+    also reach v3's count. The same record moved to a look where its votes lie between v4's
+    count and v3's verifies as v4 (certified at the target) and not as v3."""
+    from smoothcert.verify import recompute, record_plan
+
+    r = client.predict("linear", point_at(0.5, 1), n0=64, n=100_000, alpha=0.001,
+                       procedure="target_radius", target_radius=0.25)  # fmt: skip
+    record = json.loads(r.record)
+    assert record["format"] == "smoothserve.certificate.v4" and not record["abstain"]
+    assert recompute(record) == []
+    schedule = tuple(record["look_schedule"])
+    plan = (schedule, 0.25, GAUSSIAN, LINEAR_SIGMA, 0.001)
+    v3, v4 = certifying_counts(*plan), exact_counts(*plan)
+    votes, look = record["counts"][record["candidate"]], record["looks"] - 1
+    as_v3 = recompute({**record, "format": "smoothserve.certificate.v3"})
+    assert (as_v3 == []) == (votes >= v3[look]), (votes, v3[look], v4[look], as_v3)
+    k = next(i for i, (a, b) in enumerate(zip(v4, v3, strict=True)) if a < b)
+    n, c = schedule[k], record["candidate"]
+    counts = [n - v4[k], v4[k]] if c == 1 else [v4[k], n - v4[k]]
+    procedure, request = record_plan(record)
+    assert procedure is procedures.get("target_radius", version=4)
+    done = procedure.look(request, schedule, k + 1, np.array(record["selection_counts"]),
+                          np.array(counts))  # fmt: skip
+    moved = {**record, "n": n, "looks": k + 1, "counts": counts, "radius": done.radius,
+             "p_a_lower": done.p_a_lower, "bound_alpha": done.bound_alpha}  # fmt: skip
+    assert done.prediction == c and done.radius == 0.25
+    assert recompute(moved) == []
+    assert recompute({**moved, "format": "smoothserve.certificate.v3"}) != []
 
 
 def test_live_anytime_radius_within_truth(client):

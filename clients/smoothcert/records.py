@@ -20,15 +20,22 @@ from .model_config import SmoothModelConfig
 # whose SHA-256 the record carries (little-endian).
 INPUT_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
-RECORD_FORMAT = "smoothserve.certificate.v3"
+RECORD_FORMAT = "smoothserve.certificate.v4"
+# v4 changes only the target-radius test's certifying counts (the exact group-sequential
+# boundary on v3's looks: ``procedures.target_radius.exact_counts``); v3 records verify under
+# v3's union-bound counts (``procedures.get(name, version=3)``).
+RECORD_FORMAT_V3 = "smoothserve.certificate.v3"
 # v2 records: a fixed n0 for every procedure, and the anytime levels alpha / (k (k + 1)) on a
-# doubling schedule; they verify under those rules (``procedures.get(name, v2=True)``). v3 adds
-# to a sequential procedure's ``plan`` its selection rule (``selection``: first look, cap n0,
-# level) and, for anytime, its ``horizon`` and whether its looks were ``timed`` by a deadline.
+# doubling schedule; they verify under those rules (``procedures.get(name, version=2)``). v3
+# adds to a sequential procedure's ``plan`` its selection rule (``selection``: first look, cap
+# n0, level) and, for anytime, its ``horizon`` and whether its looks were ``timed`` by a
+# deadline.
 RECORD_FORMAT_V2 = "smoothserve.certificate.v2"
 # v1 records bind neither the smoothing config (beyond sigma) nor the look plan; the verifier
 # checks them only when asked to (``--allow-format-v1``).
 RECORD_FORMAT_V1 = "smoothserve.certificate.v1"
+# Each format's version number (v1 records are decided under v2's rules).
+FORMAT_VERSIONS = {RECORD_FORMAT: 4, RECORD_FORMAT_V3: 3, RECORD_FORMAT_V2: 2, RECORD_FORMAT_V1: 1}
 ALGORITHM = "Ed25519"
 # PredictResult fields that travel in the record as they are (the rest are added or left out:
 # the timing and the record itself are not part of a certificate).

@@ -45,10 +45,10 @@ from .model_config import (
 from .procedures.selection import selection_problems
 from .records import (
     CONFIG_FIELDS,
+    FORMAT_VERSIONS,
     INPUT_DTYPES,
     RECORD_FORMAT,
     RECORD_FORMAT_V1,
-    RECORD_FORMAT_V2,
     check_signature,
     config_sha256,
     key_id,
@@ -73,8 +73,9 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
     if form == RECORD_FORMAT_V1 and not allow_v1:
         return [f"format {form} binds neither the smoothing config nor the look plan; "
                 "check it with --allow-format-v1 if you accept that"]  # fmt: skip
-    if form not in (RECORD_FORMAT, RECORD_FORMAT_V2, RECORD_FORMAT_V1):
-        return [f"format {form!r}, expected {RECORD_FORMAT} (or {RECORD_FORMAT_V2})"]
+    if form not in FORMAT_VERSIONS:
+        return [f"format {form!r}, expected {RECORD_FORMAT} (or an earlier one: "
+                f"{', '.join(f for f in FORMAT_VERSIONS if f != RECORD_FORMAT)})"]
     try:
         if form == RECORD_FORMAT_V1:
             return answer_problems(record)
@@ -87,13 +88,14 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
 
 def record_plan(record: dict) -> tuple[procedures.Procedure, procedures.Plan]:
     """The record's procedure (PREDICT for mode predict) and the plan its answer followed from,
-    as the server built them (``dataplane.procedure_plan``); a v2 record with its v2 rules
-    (``procedures.get(name, v2=True)``); a v1 record is Gaussian and has no first look or cap
-    (its schedule is taken as recorded)."""
+    as the server built them (``dataplane.procedure_plan``); an older record with its format's
+    rules (``procedures.get(name, version)``; v1 with v2's); a v1 record is Gaussian and has no
+    first look or cap (its schedule is taken as recorded)."""
     name = "predict" if record["mode"] == "predict" else record["procedure"]
     plan = record.get("plan") or {}
-    v3 = record.get("format") == RECORD_FORMAT
-    return procedures.get(name, v2=not v3), procedures.Plan(
+    version = FORMAT_VERSIONS[record.get("format")]
+    v3 = version >= 3
+    return procedures.get(name, max(version, 2)), procedures.Plan(
         alpha=record["alpha"], family=families.family(record.get("noise_family", "gaussian")),
         scale=record["sigma"], cap=plan.get("cap", record["n"]),
         first_look=plan.get("first_look", 0), target_radius=record["target_radius"],
@@ -141,7 +143,7 @@ def is_count(value, least: int = 0) -> bool:
 
 
 def plan_keys(procedure: procedures.Procedure, v3: bool) -> set[str]:
-    """The keys of a record's ``plan`` for its procedure and format."""
+    """The keys of a record's ``plan`` for its procedure and format (``v3``: v3 or later)."""
     keys = {"first_look", "cap"}
     if v3 and procedure.sequential:
         keys |= {"selection"} | ({"horizon", "timed"} if procedure.timed else set())
@@ -154,9 +156,9 @@ def plan_problems(record: dict) -> list[str]:
     certificate whose looks a deadline timed: looks that increase from the first look to at
     most the cap, ``Procedure.schedule_problems``); CERTIFY with fixed n and PREDICT make one
     look of n. The level of each look then follows from the schedule (``answer_problems``
-    recomputes it). Format v3: the selection samples must follow the recorded selection rule
-    as far as the final selection counts show (``selection.selection_problems``)."""
-    plan, v3 = record["plan"], record.get("format") == RECORD_FORMAT
+    recomputes it). Formats v3 and v4: the selection samples must follow the recorded selection
+    rule as far as the final selection counts show (``selection.selection_problems``)."""
+    plan, v3 = record["plan"], FORMAT_VERSIONS[record.get("format")] >= 3
     procedure, steps = record_plan(record)
     keys = plan_keys(procedure, v3)
     if not isinstance(plan, dict) or set(plan) != keys:

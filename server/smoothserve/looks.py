@@ -201,6 +201,7 @@ async def estimate(
     if procedure.timed and timing.deadline is not None:
         return await timed_looks(procedure, plan, draw, selection_counts, timing, model, early)
     schedule = procedure.schedule(plan)
+    await asyncio.to_thread(procedure.prepare, plan, schedule)
     counts = np.zeros(model.config.num_classes, np.int64)
     outcomes: list[Outcome] = []
     snapshots: list[np.ndarray] = []

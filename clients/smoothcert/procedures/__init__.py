@@ -14,19 +14,19 @@ PROCEDURES: dict[str, Procedure] = {
 CERTIFY_PROCEDURES = tuple(name for name, p in PROCEDURES.items() if p.mode == "certify")
 
 
-# Entries that differ in record format v2: its records still verify with them.
-PROCEDURES_V2: dict[str, Procedure] = {
-    **PROCEDURES,
-    "anytime": anytime.PROCEDURE_V2,
-    "target_radius": target_radius.PROCEDURE_V2,
+# Entries that differ in older record formats: their records still verify with them.
+BY_FORMAT: dict[int, dict[str, Procedure]] = {
+    4: PROCEDURES,
+    3: {**PROCEDURES, "target_radius": target_radius.PROCEDURE_V3},
+    2: {**PROCEDURES, "anytime": anytime.PROCEDURE_V2, "target_radius": target_radius.PROCEDURE_V2},
 }
 
 
-def get(name: str, v2: bool = False) -> Procedure:
-    """The procedure called ``name`` (``v2``: as format v2 records used it); ValueError naming
-    the known ones otherwise."""
+def get(name: str, version: int = 4) -> Procedure:
+    """The procedure called ``name`` as records of format ``version`` (2 to 4, the current)
+    used it; ValueError naming the known ones otherwise."""
     try:
-        return (PROCEDURES_V2 if v2 else PROCEDURES)[name]
+        return BY_FORMAT[version][name]
     except KeyError:
         known = ", ".join(PROCEDURES)
         raise ValueError(f"unknown procedure {name!r}; known: {known}") from None

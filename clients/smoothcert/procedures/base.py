@@ -104,6 +104,10 @@ class Procedure(ABC):
                     f"{plan.first_look}, cap {plan.cap}): {self.name} gives {list(expected)}"]  # fmt: skip
         return []
 
+    def prepare(self, plan: Plan, schedule: tuple[int, ...]) -> None:
+        """Compute and cache the tables its looks will read for ``plan`` and ``schedule``, so
+        that a server can do it off its event loop before the first look (none by default)."""
+
     @abstractmethod
     def look(
         self, plan: Plan, schedule: tuple[int, ...], k: int, selection: np.ndarray,
