@@ -1,19 +1,22 @@
 """How much of alpha the target-radius test's union bound really spends, and what spending the
-rest would buy (issue 23, the cell σ = 0.25, r = 0.75).
+rest buys (issue 23, the cell σ = 0.25, r = 0.75).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/exact_spending.py --runs 20
 
 For each committed SmoothAdv model and target radius:
   1. the exact probability, at p_A equal to the threshold Φ(r/σ) (the worst case of the null:
-     the event "some look's count reaches its certifying count" grows with p_A), that today's
-     test certifies at some look, ignoring its abstentions (they only remove chances to
-     certify): ``crossing_probability``, a dynamic programme over the votes lost so far;
-  2. an exact group-sequential test on the same looks: each look's certifying count the
+     the event "some look's count reaches its certifying count" grows with p_A), that format
+     v3's test (the union bound) certifies at some look, ignoring its abstentions (they only
+     remove chances to certify): ``crossing_probability``, a dynamic programme over the votes
+     lost so far; the same for format v4's exact counts (``target_radius.exact_counts``, the
+     running sum of v3's levels as spending function), and v4's expected samples per
+     certificate and certified accuracy against v3's on the same draws in
+     bench/target_grid.py's simulation;
+  2. other exact group-sequential tests on 5/4 looks: each look's certifying count the
      smallest whose exact cumulative crossing probability stays within a spending function
      (share s of alpha by the first certifying look, the rest evenly over the later ones), with
-     projected futility as today's; its expected samples per certificate and certified accuracy
-     in bench/target_grid.py's simulation, against today's test on the same draws;
-  3. the union bound itself with larger first shares (``target_grid.candidate``).
+     projected futility on their own counts, against v3;
+  3. the union bound itself with larger first shares (``target_grid.candidate``), against v3.
 Floating point: the programme sums nonnegative terms only; its figures are for this report,
 not for any certificate.
 """
@@ -130,11 +133,12 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[1 / 3, 0.5, 0.65],
                         help="shares of alpha by the first certifying look")  # fmt: skip
     args = parser.parse_args()
-    print("| σ, r | today: exact spend | today: mean samples (cert. acc.) | "
-          + " | ".join(f"exact, s = {s:.2f}: today ÷ it (cert. acc.)" for s in args.shares)
-          + " | " + " | ".join(f"union bound, s = {s:.2f}: today ÷ it" for s in args.shares)
+    print("| σ, r | v3: exact spend | v3: mean samples (cert. acc.) | v4: exact spend | "
+          "v4: v3 ÷ v4 (cert. acc.) | "
+          + " | ".join(f"exact, s = {s:.2f}: v3 ÷ it (cert. acc.)" for s in args.shares)
+          + " | " + " | ".join(f"union bound, s = {s:.2f}: v3 ÷ it" for s in args.shares)
           + " | fixed n acc. |")  # fmt: skip
-    print("|---" * (4 + 2 * len(args.shares)) + "|")
+    print("|---" * (6 + 2 * len(args.shares)) + "|")
     for model, sigma in tg.MODELS.items():
         k, correct = tg.load_images(model, sigma)
         p = tg.draw_p(k, args.runs, np.random.default_rng(args.seed))
@@ -148,8 +152,13 @@ def main() -> None:
             if all(c > n for n, c in zip(schedule, today, strict=True)):
                 continue  # unreachable at the cap: every look abstains
             spent = crossing_probability(schedule, today, threshold)
-            cert, abst = tg.thresholds_from_implementation(schedule, target, sigma)
+            cert, abst = tg.thresholds_from_implementation(schedule, target, sigma, version=3)
             mean, accuracy = simulate(draws, schedule, cert, abst)
+            v4 = tr.exact_counts(schedule, target, tg.GAUSSIAN, sigma, ALPHA)
+            spent_v4 = crossing_probability(schedule, v4, threshold)
+            cert, abst = tg.thresholds_from_implementation(schedule, target, sigma, version=4)
+            assert (cert == np.minimum(v4, np.asarray(schedule) + 1)).all()
+            mean_v4, accuracy_v4 = simulate(draws, schedule, cert, abst)
             exact, union = [], []
             for share in args.shares:
                 start = tr.certifying_size(ALPHA * share, threshold)
@@ -165,6 +174,7 @@ def main() -> None:
             fixed = tg.fixed_n_accuracy(p, correct, target, sigma,
                                         np.random.default_rng(args.seed + 1))  # fmt: skip
             print(f"| {sigma}, {target} | {spent / ALPHA:.3f} α | {mean:,.0f} ({accuracy:.2f} %) "
+                  f"| {spent_v4 / ALPHA:.3f} α | {mean / mean_v4:.3f}× ({accuracy_v4:.2f} %) "
                   f"| " + " | ".join(exact) + " | " + " | ".join(union) + f" | {fixed:.2f} % |")
 
 

@@ -179,13 +179,15 @@ def thresholds_from_rules(schedule, levels, target, sigma, project: float = 0.0,
     return np.array(cert), np.array(abst)
 
 
-def thresholds_from_implementation(schedule, target, sigma):
-    """(C, A) per look by bisection on ``target_radius_look``'s own decisions."""
+def thresholds_from_implementation(schedule, target, sigma, version: int = 4):
+    """(C, A) per look by bisection on ``target_radius_look``'s own decisions (format
+    ``version``'s rules: 4, the exact counts; 3, the union bound's)."""
     cert, abst = [], []
     for k, n in enumerate(schedule, 1):
 
         def decide(c, n=n, k=k):
-            return tr.target_radius_look(c, n, k, schedule, target, GAUSSIAN, sigma, ALPHA).decision
+            return tr.target_radius_look(c, n, k, schedule, target, GAUSSIAN, sigma, ALPHA,
+                                         version).decision  # fmt: skip
 
         cert.append(least(lambda c, n=n: c <= n and decide(c) == "certified", n))
         abst.append(least(lambda c: decide(c) != "abstain", n) - 1)
