@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ LINEAR_SIGMA = 0.25
 def linear_weights() -> tuple[np.ndarray, float]:
     w = np.random.default_rng(7).normal(size=LINEAR_SHAPE).astype(np.float32)
     return w, -float(w.sum()) * 0.5  # the boundary passes through the grey image
+
+
+@pytest.fixture
+def exact_spending(monkeypatch):
+    """bench/exact_spending.py (it imports bench/target_grid.py as a sibling)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    return importlib.import_module("exact_spending")
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,14 @@ tails, no nudge), and the union bound's counts it must never exceed."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import norm
+from test_target_grid import random_plans
 
 from smoothcert import procedures
 from smoothcert.families import FAMILIES
@@ -79,13 +78,6 @@ def test_the_ceiling_caps_every_count():
     assert capped != free
 
 
-@pytest.fixture
-def exact_spending(monkeypatch):
-    """bench/exact_spending.py (it imports bench/target_grid.py as a sibling)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    return importlib.import_module("exact_spending")
-
-
 @pytest.mark.parametrize("target, sigma, alpha", [(0.25, 0.25, 0.001), (0.75, 0.25, 0.001),
                                                   (0.5, 0.5, 0.05), (0.1, 0.5, 0.01),
                                                   (1.5, 0.5, 1e-6)])  # fmt: skip
@@ -105,11 +97,7 @@ def test_v4_counts_spend_at_most_alpha_and_more_than_v3(exact_spending, target, 
 
 
 def test_v4_counts_never_exceed_v3_on_any_schedule():
-    rng = np.random.default_rng(1)
-    for _ in range(40):
-        looks = tuple(sorted(set(rng.integers(1, 200_000, size=rng.integers(1, 30)).tolist())))
-        alpha = float(rng.choice([1e-6, 1e-3, 0.01, 0.2]))
-        target, sigma = float(rng.uniform(0.05, 1.5)), float(rng.choice([0.12, 0.25, 0.5, 1.0]))
+    for looks, target, sigma, alpha in random_plans(40, seed=1, most_looks=30):
         v3 = certifying_counts(looks, target, GAUSSIAN, sigma, alpha)
         v4 = exact_counts(looks, target, GAUSSIAN, sigma, alpha)
         assert all(a <= b for a, b in zip(v4, v3, strict=True)), (looks, alpha, target, sigma)

@@ -7,12 +7,10 @@ checked against enumeration)."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import statistics
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,13 +96,20 @@ def test_v3_grid_and_levels_against_their_definition(first, cap, target, sigma, 
     )
 
 
-def test_levels_sum_below_alpha_for_any_schedule():
-    """The union bound needs sum <= alpha whatever schedule reaches target_levels."""
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        looks = tuple(sorted(set(rng.integers(1, 200_000, size=rng.integers(1, 40)).tolist())))
+def random_plans(count: int, seed: int, most_looks: int = 40):
+    """(looks, target, sigma, alpha): random schedules up to 200,000 samples and settings."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        size = rng.integers(1, most_looks)
+        looks = tuple(sorted(set(rng.integers(1, 200_000, size=size).tolist())))
         alpha = float(rng.choice([1e-6, 1e-3, 0.01, 0.2]))
         target, sigma = float(rng.uniform(0.05, 1.5)), float(rng.choice([0.12, 0.25, 0.5, 1.0]))
+        yield looks, target, sigma, alpha
+
+
+def test_levels_sum_below_alpha_for_any_schedule():
+    """The union bound needs sum <= alpha whatever schedule reaches target_levels."""
+    for looks, target, sigma, alpha in random_plans(200, seed=0):
         levels = target_levels(looks, target, GAUSSIAN, sigma, alpha)
         assert sum(Fraction(v) for v in levels) <= Fraction(alpha), (looks, alpha, target, sigma)
 
@@ -195,13 +200,6 @@ def test_the_verifier_recomputes_v3_and_v2_schedules():
     k = new.index(n) + 1
     assert v3.look(plan, new, k, selection, np.array([n, 0])).bound_alpha == target_levels(
         new, 0.5, GAUSSIAN, 0.25, 0.001)[k - 1]  # fmt: skip
-
-
-@pytest.fixture
-def exact_spending(monkeypatch):
-    """bench/exact_spending.py (it imports bench/target_grid.py as a sibling)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    return importlib.import_module("exact_spending")
 
 
 def test_exact_crossing_probability_against_enumeration(exact_spending):
