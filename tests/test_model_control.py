@@ -66,13 +66,21 @@ def http_client(server) -> triton_http.InferenceServerClient:
 
 
 def index(server) -> dict[tuple[str, str], tuple[str, str]]:
-    """(name, version) -> (state, reason), from the REST index; the gRPC one must agree."""
-    over_http = {(m["name"], m.get("version", "")): (m["state"], m.get("reason", ""))
-                 for m in http_client(server).get_model_repository_index()}  # fmt: skip
-    over_grpc = {(m.name, m.version): (m.state, m.reason)
-                 for m in grpc_client(server).get_model_repository_index().models}  # fmt: skip
-    assert over_http == over_grpc
-    return over_http
+    """(name, version) -> (state, reason), from the REST index; the gRPC one, read between two
+    REST reads that agree (a model mid-transition may change state in between), must agree."""
+
+    def over_http():
+        return {(m["name"], m.get("version", "")): (m["state"], m.get("reason", ""))
+                for m in http_client(server).get_model_repository_index()}  # fmt: skip
+
+    for _ in range(20):
+        before = over_http()
+        over_grpc = {(m.name, m.version): (m.state, m.reason)
+                     for m in grpc_client(server).get_model_repository_index().models}  # fmt: skip
+        if over_http() == before:
+            break
+    assert before == over_grpc
+    return before
 
 
 def infer(server, name: str, version: str = "", **parameters):
