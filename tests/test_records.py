@@ -16,7 +16,9 @@ from servers import metric
 from test_linear_radius import point_at
 from test_newcomer import write_idx_dataset
 
+from smoothcert.families import FAMILIES
 from smoothcert.keytool import main as key_main
+from smoothcert.procedures.target_radius import exact_counts
 from smoothcert.verify import INVALID, REPLAY, USAGE, VALID, recompute
 from smoothcert.verify import main as verify_main
 from smoothserve.records import RECORD_FORMAT, canonical_json
@@ -150,14 +152,27 @@ def test_the_statistics_check_alone_catches_changed_counts_and_sigma(kind, saved
     assert recompute(record) == []
     moved = {**record, "counts": record["counts"][::-1]}  # the votes of the two classes swapped
     assert recompute(moved), kind
-    nudged = {**record, "counts": [record["counts"][0] + 1, record["counts"][1] - 1]}
-    if kind != "predict":  # one vote moves p_a_lower; PREDICT's p-value is ~1e-300 either way
+    shift = 1  # one vote moves p_a_lower; PREDICT's p-value is ~1e-300 either way
+    if kind == "target_radius":  # a certificate at the target holds until the look's count
+        plan = (tuple(record["look_schedule"]), record["target_radius"], FAMILIES["gaussian"],
+                record["sigma"], record["alpha"])  # fmt: skip
+        assert record["candidate"] == 1  # X lies on the positive side
+        shift = record["counts"][1] - exact_counts(*plan)[record["looks"] - 1] + 1
+    nudged = {**record, "counts": [record["counts"][0] + shift, record["counts"][1] - shift]}
+    if kind != "predict":
         assert recompute(nudged), kind
     if kind != "predict":
         wider = {**record, "sigma": record["sigma"] * 2}
         assert recompute(wider), kind
     short = {**record, "n": record["n"] + 1}
     assert recompute(short)
+
+
+def test_an_unknown_format_is_a_problem_not_a_crash(saved):
+    record = json.loads(read_signed_record((saved / "target_radius.json").read_text())[0])
+    for form in ("smoothserve.certificate.v5", ["smoothserve.certificate.v4"], None, 4):
+        problems = recompute({**record, "format": form})
+        assert len(problems) == 1 and "expected smoothserve.certificate.v4" in problems[0], form
 
 
 def test_a_malformed_file_is_a_usage_error(keys, tmp_path):

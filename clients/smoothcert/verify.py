@@ -73,7 +73,7 @@ def recompute(record: dict, allow_v1: bool = False) -> list[str]:
     if form == RECORD_FORMAT_V1 and not allow_v1:
         return [f"format {form} binds neither the smoothing config nor the look plan; "
                 "check it with --allow-format-v1 if you accept that"]  # fmt: skip
-    if form not in FORMAT_VERSIONS:
+    if not isinstance(form, str) or form not in FORMAT_VERSIONS:
         return [f"format {form!r}, expected {RECORD_FORMAT} (or an earlier one: "
                 f"{', '.join(f for f in FORMAT_VERSIONS if f != RECORD_FORMAT)})"]
     try:

@@ -107,6 +107,7 @@ class Procedure(ABC):
     def prepare(self, plan: Plan, schedule: tuple[int, ...]) -> None:
         """Compute and cache the tables its looks will read for ``plan`` and ``schedule``, so
         that a server can do it off its event loop before the first look (none by default)."""
+        return None
 
     @abstractmethod
     def look(
