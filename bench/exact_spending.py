@@ -31,6 +31,7 @@ import target_grid as tg
 from scipy.stats import binom
 
 from smoothcert.bounds import upper_confidence_bound
+from smoothcert.group_sequential import rejecting_counts
 from smoothcert.procedures import target_radius as tr
 
 ALPHA, CAP, FIRST = tg.ALPHA, tg.CAP, tg.FIRST
@@ -74,27 +75,16 @@ def spending_counts(schedule, start: int, p: float, alpha: float, share: float) 
     """The exact group-sequential test's certifying counts on ``schedule``: at the j-th of the
     m looks from ``start`` on, the smallest count whose exact cumulative crossing probability
     at ``p`` stays within alpha * (share + (1 - share) (j - 1) / (m - 1)); n + 1 (never) before
-    ``start`` or where no count does."""
+    ``start`` or where no count does (``group_sequential.rejecting_counts`` with those
+    increments as levels, uncapped)."""
     m = sum(n >= start for n in schedule)
-    losses = int(binom.ppf(alpha, schedule[-1], 1 - p))  # no look losing more can certify
-    lost = np.zeros(losses + 1)
-    lost[0] = 1.0
-    spent, before, j, counts = 0.0, 0, 0, []
+    later = alpha * (1 - share) / (m - 1) if m > 1 else 0.0
+    levels, j = [], 0
     for n in schedule:
-        step = binom.pmf(np.arange(losses + 1), n - before, 1 - p)
-        lost, before = convolve(lost, step, losses + 1), n
-        if n < start:
-            counts.append(n + 1)
-            continue
-        j += 1
-        budget = alpha * (1.0 if m == 1 else share + (1 - share) * (j - 1) / (m - 1))
-        within = np.nonzero(spent + np.cumsum(lost) <= budget)[0]
-        most = int(within[-1]) if len(within) else -1
-        if most >= 0:
-            spent += lost[: most + 1].sum()
-            lost[: most + 1] = 0.0
-        counts.append(n - most if most >= 0 else n + 1)
-    return np.array(counts)
+        j += n >= start
+        levels.append(0.0 if n < start else alpha * (share if m > 1 else 1.0) if j == 1 else later)
+    never = tuple(n + 1 for n in schedule)
+    return np.array(rejecting_counts(tuple(schedule), tuple(levels), p, never))
 
 
 def futility(schedule, certifying, project: float = tr.PROJECTION_LEVEL) -> np.ndarray:
