@@ -132,3 +132,35 @@ def test_v4_certifies_at_the_target_where_v3_continues():
     decided = {v: procedures.get("target_radius", v).look(request, schedule, k + 1, selection,
                                                           counts).decision for v in (3, 4)}  # fmt: skip
     assert decided == {3: "continue", 4: "certified"}
+
+
+def test_the_server_builds_the_counts_before_the_first_look_and_refuses_bad_state():
+    """``looks.estimate`` builds the procedure's tables (``prepare``) before drawing; a bound
+    that does not come out as a number there is bad state (no certificate), not a crash."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smoothcert.errors import NumericalError
+    from smoothcert.procedures.target_radius import TargetRadius
+    from smoothserve.errors import BadState
+    from smoothserve.looks import estimate
+
+    prepared = []
+
+    class Recording(TargetRadius):
+        def prepare(self, plan, schedule):
+            prepared.append(schedule)
+            raise NumericalError("the bound came out as nan")
+
+    async def draw(num, tally=None):
+        raise AssertionError("drew before the counts were built")
+
+    plan = Plan(alpha=0.001, family=GAUSSIAN, scale=0.25, cap=10_000, first_look=64,
+                target_radius=0.5)  # fmt: skip
+    with pytest.raises(BadState, match="nan"):
+        asyncio.run(estimate(Recording(), plan, draw, np.array([8, 0]),
+                             SimpleNamespace(deadline=None), None))  # fmt: skip
+    assert prepared == [target_schedule(64, 10_000, 0.5, GAUSSIAN, 0.25, 0.001)]
+    exact_counts.cache_clear()
+    procedures.get("target_radius").prepare(plan, prepared[0])
+    assert exact_counts.cache_info().currsize == 1

@@ -201,7 +201,7 @@ async def estimate(
     if procedure.timed and timing.deadline is not None:
         return await timed_looks(procedure, plan, draw, selection_counts, timing, model, early)
     schedule = procedure.schedule(plan)
-    await asyncio.to_thread(procedure.prepare, plan, schedule)
+    await prepare(procedure, plan, schedule)
     counts = np.zeros(model.config.num_classes, np.int64)
     outcomes: list[Outcome] = []
     snapshots: list[np.ndarray] = []
@@ -301,6 +301,16 @@ async def timed_looks(
                      ended=ended)  # fmt: skip
     return Looks(outcomes[answer], snapshots[answer], answer + 1, tuple(made), drawn,
                  horizon=plan.horizon, timed=True, ended=ended)  # fmt: skip
+
+async def prepare(procedure: Procedure, plan: Plan, schedule: tuple[int, ...]) -> None:
+    """The tables the procedure's looks read, built off the event loop (format v4's exact
+    target-radius counts take up to 0.2 s for a new schedule and target); a bound that does not
+    come out as a number is bad state, as in ``decide``."""
+    try:
+        await asyncio.to_thread(procedure.prepare, plan, schedule)
+    except NumericalError as exc:
+        raise BadState(str(exc)) from None
+
 
 def decide(procedure, plan, schedule, k, selection_counts, counts) -> Outcome:
     with span("statistics", procedure=procedure.name, look=k):
