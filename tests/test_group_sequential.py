@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -14,12 +15,11 @@ import pytest
 from scipy.stats import norm
 from test_target_grid import random_plans
 
-from smoothcert import procedures
+from smoothcert import group_sequential, procedures
 from smoothcert.families import FAMILIES
 from smoothcert.group_sequential import MARGIN, rejecting_counts
 from smoothcert.procedures import Plan
 from smoothcert.procedures.target_radius import (
-    EXACT_UP_TO,
     certifying_counts,
     exact_counts,
     target_levels,
@@ -103,10 +103,36 @@ def test_v4_counts_never_exceed_v3_on_any_schedule():
         assert all(a <= b for a, b in zip(v4, v3, strict=True)), (looks, alpha, target, sigma)
 
 
-def test_past_the_exact_limit_v4_is_v3():
-    schedule = target_schedule(64, EXACT_UP_TO + 1, 0.5, GAUSSIAN, 0.5, 0.001)
-    assert exact_counts(schedule, 0.5, GAUSSIAN, 0.5, 0.001) == certifying_counts(
-        schedule, 0.5, GAUSSIAN, 0.5, 0.001)  # fmt: skip
+def test_past_the_work_limit_the_counts_are_v3s_and_still_within_alpha(monkeypatch, exact_spending):
+    """When the recursion would cost too much, the looks from there on take v3's counts: the
+    earlier ones stay exact, and the whole still spends at most alpha (the bench's programme)."""
+    plan = (target_schedule(64, 100_000, 0.5, GAUSSIAN, 0.5, 0.001), 0.5, GAUSSIAN, 0.5, 0.001)
+    v3, free = certifying_counts(*plan), exact_counts(*plan)
+    monkeypatch.setattr(group_sequential, "WORK_LIMIT", 10**5)
+    levels, threshold = target_levels(*plan), norm.cdf(1.0)
+    limited = rejecting_counts(plan[0], levels, threshold, v3)
+    k = next(i for i, (a, b) in enumerate(zip(limited, free, strict=True)) if a != b)
+    assert limited[:k] == free[:k] and limited[k:] == v3[k:] and any(
+        a < b for a, b in zip(limited[:k], v3[:k], strict=True))  # fmt: skip
+    assert exact_spending.crossing_probability(plan[0], limited, threshold) <= 0.001
+
+
+@pytest.mark.parametrize("family", ["gaussian", "uniform"])
+def test_clients_extreme_plans_give_counts_quickly_and_never_above_v3(family):
+    """Requests choose alpha, the target and the cap: at alphas down to the smallest float,
+    targets from 1e-9 to beyond reach and caps up to 10^9, the counts come back (no error, well
+    under a second each here) and never above v3's; below SMALLEST_ALPHA they are v3's. (At the
+    smallest float, alpha split over the looks underflowed to 0, and the schedule raised.)"""
+    noise = FAMILIES[family]
+    for target, alpha, cap in itertools.product((1e-9, 0.3, 2.0), (0.49, 1e-30, 1e-250, 5e-324),
+                                                (64, 10**7, 10**9)):  # fmt: skip
+        plan = (target_schedule(64, cap, target, noise, 0.5, alpha), target, noise, 0.5, alpha)
+        started = time.perf_counter()
+        v4, v3 = exact_counts(*plan), certifying_counts(*plan)
+        assert time.perf_counter() - started < 5, plan[1:]
+        assert all(a <= b for a, b in zip(v4, v3, strict=True)), plan[1:]
+        if alpha < group_sequential.SMALLEST_ALPHA:
+            assert v4 == v3
 
 
 def test_v4_certifies_at_the_target_where_v3_continues():

@@ -15,12 +15,14 @@ Pure functions on sample sizes and levels; nothing here depends on the votes of 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import binom
 
 # The spending budget is shaved by this fraction, far above the rounding of the recursion's
 # sums (all terms are nonnegative, so a sum of m terms is within about m ulps of its exact
-# value: under 1e-11 relative for the longest arrays, about 30,000 entries at 10^7 samples).
+# value: 1e-10 relative even at a million entries; at 10^7 samples they hold about 30,000).
 MARGIN = 1e-6
 # Each look's new draws, and the distribution of the votes lost so far, are cut where their tails
 # hold less than alpha * TAIL; the cut mass is counted as rejected, which only overstates the
@@ -29,13 +31,25 @@ TAIL = 1e-12
 # The null p of the recursion is the threshold moved up by this many ulps, so that the float
 # threshold's own rounding cannot put the true worst case above it.
 NUDGE_ULPS = 4
+# Below this alpha the recursion's sums would lose the relative precision MARGIN assumes (floats
+# near 1e-300 are subnormal): the ceiling's counts at every look.
+SMALLEST_ALPHA = 1e-200
+# The recursion stops once its convolutions would pass this many multiply-adds (about 0.3 s
+# here), and the ceiling's counts hold from that look on: requests choose the cap, the target
+# and alpha, and wide arrays (large caps, tiny alpha) cost their product.
+WORK_LIMIT = 5 * 10**8
 
 
 def crossing_tail(size: int, loss: float, cut: float) -> tuple[int, np.ndarray, float]:
     """The losses among ``size`` new draws (each lost with probability ``loss``) as (first
-    count kept, pmf from it on, mass cut off), the tails beyond ``cut`` on either side cut."""
-    lo = max(int(binom.ppf(cut, size, loss)), 0)
-    hi = min(int(binom.isf(cut, size, loss)), size)
+    count kept, pmf from it on, mass left out), kept within z standard deviations (plus z^2
+    above, for the heavier upper tail of a small ``loss``) of the mean, with z^2 / 2 =
+    ln(1 / ``cut``): a window that leaves out about ``cut`` on either side. Whatever it leaves
+    out is computed exactly (the binomial cdf and sf), for the caller to count as rejected."""
+    mean, sd = size * loss, math.sqrt(size * loss * (1 - loss))
+    z = math.sqrt(2 * math.log(1 / cut))
+    lo = max(math.floor(mean - z * sd) - 1, 0)
+    hi = min(math.ceil(mean + z * sd + z * z) + 1, size)
     pmf = binom.pmf(np.arange(lo, hi + 1), size, loss)
     return lo, pmf, float(binom.cdf(lo - 1, size, loss) + binom.sf(hi, size, loss))
 
@@ -54,7 +68,8 @@ def rejecting_counts(
 
     capped at ``ceiling[k]`` (a count whose own tail is within levels[k], such as the union
     bound's Clopper-Pearson count at that level, keeps the sum within alpha by the union bound).
-    The recursion tracks the counts actually used.
+    The recursion tracks the counts actually used. Past WORK_LIMIT, and below SMALLEST_ALPHA,
+    the ceiling's counts (n + 1 where the level is 0), valid by the same union bound.
 
     Guarantee: if each vote goes to the tested class independently with probability
     p <= threshold, the probability that the votes reach some look's count is at most
@@ -68,14 +83,18 @@ def rejecting_counts(
     worst = float(threshold)
     for _ in range(NUDGE_ULPS):
         worst = float(np.nextafter(worst, 2.0))
-    if worst >= 1.0 or not any(levels):
-        return tuple(n + 1 if not level else c
-                     for n, level, c in zip(schedule, levels, ceiling, strict=True))  # fmt: skip
+    given = tuple(n + 1 if not level else c
+                  for n, level, c in zip(schedule, levels, ceiling, strict=True))  # fmt: skip
+    if worst >= 1.0 or sum(levels) < SMALLEST_ALPHA:
+        return given
     loss, cut = 1.0 - worst, sum(levels) * TAIL
     first, lost = 0, np.ones(1)  # P(first + i votes lost so far, no rejection yet)
-    rejected, budget, before, counts = 0.0, 0.0, 0, []
-    for n, level, most in zip(schedule, levels, ceiling, strict=True):
+    rejected, budget, before, work, counts = 0.0, 0.0, 0, 0, []
+    for k, (n, level, most) in enumerate(zip(schedule, levels, ceiling, strict=True)):
         lo, step, outside = crossing_tail(n - before, loss, cut)
+        work += len(lost) * len(step)
+        if work > WORK_LIMIT:  # the ceiling from here on (each within its level)
+            return (*counts, *given[k:])
         rejected += outside * float(lost.sum())
         if len(lost):  # empty once every path has rejected or been cut
             lost, first = np.convolve(lost, step), first + lo

@@ -80,8 +80,6 @@ PROJECTION_LEVEL = 0.02
 # the later ones (1/3 against 0, 1/4 and 1/2).
 RATIO = Fraction(5, 4)
 FIRST_SHARE = Fraction(1, 3)
-# Format v4's exact counts are computed for schedules up to this many samples (``exact_counts``).
-EXACT_UP_TO = 10**7
 # Every level is shaved by this factor, so that rounding to floats never makes them sum to
 # more than alpha.
 _SHAVE = 1 - 2.0**-40
@@ -90,8 +88,8 @@ _SHAVE = 1 - 2.0**-40
 def certifying_size(level: float, threshold: float) -> int:
     """The fewest samples whose Clopper-Pearson lower bound at ``level`` can exceed
     ``threshold`` at all (every vote for c_A: level ** (1 / n) > threshold)."""
-    if threshold >= 1.0:
-        return 2**62  # the threshold rounds to 1: no sample count certifies
+    if threshold >= 1.0 or level <= 0.0:
+        return 2**62  # the threshold rounds to 1, or the level to 0: no sample count certifies
     return math.floor(math.log(level) / math.log(threshold)) + 1
 
 
@@ -216,12 +214,10 @@ def exact_counts(
     group-sequential boundary (``group_sequential.rejecting_counts``) whose spending function is
     the running sum of format v3's levels (``target_levels``) at the worst null p_A, the family's
     threshold for ``target``, capped by v3's Clopper-Pearson counts (``certifying_counts``). So
-    every count is at most v3's, and the test still spends at most alpha. For schedules past
-    EXACT_UP_TO samples (the recursion's arrays grow with the square root of the cap: 0.2 s at
-    10^7), v3's counts."""
+    every count is at most v3's, and the test still spends at most alpha. Where the recursion
+    would cost too much (``group_sequential.WORK_LIMIT``: 0.1 s at 10^7 samples, the later
+    looks of larger caps) or alpha is below ``SMALLEST_ALPHA``, v3's counts."""
     v3 = certifying_counts(schedule, target, family, scale, alpha)
-    if schedule[-1] > EXACT_UP_TO:
-        return v3
     levels = target_levels(schedule, target, family, scale, alpha)
     return rejecting_counts(schedule, levels, family.threshold(target, scale), v3)
 
@@ -310,7 +306,7 @@ class TargetRadius(Procedure):
                                plan.scale, plan.alpha)  # fmt: skip
 
     def prepare(self, plan: Plan, schedule: tuple[int, ...]) -> None:
-        if self.version == 4:  # the exact counts: up to 0.2 s for a new (schedule, target)
+        if self.version == 4:  # the exact counts: up to about 0.3 s for a new (schedule, target)
             exact_counts(tuple(schedule), plan.target_radius, plan.family, plan.scale, plan.alpha)
 
     def look(self, plan, schedule, k, selection, counts) -> Outcome:
