@@ -305,7 +305,10 @@ async def timed_looks(
 async def prepare(procedure: Procedure, plan: Plan, schedule: tuple[int, ...]) -> None:
     """The tables the procedure's looks read, built off the event loop (format v4's exact
     target-radius counts take up to 0.2 s for a new schedule and target); a bound that does not
-    come out as a number is bad state, as in ``decide``."""
+    come out as a number is bad state, as in ``decide``. Procedures without tables (fixed n,
+    anytime) skip the thread."""
+    if type(procedure).prepare is Procedure.prepare:
+        return
     try:
         await asyncio.to_thread(procedure.prepare, plan, schedule)
     except NumericalError as exc:
