@@ -24,13 +24,11 @@ not for any certificate.
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 import target_grid as tg
 from scipy.stats import binom
 
-from smoothcert.bounds import upper_confidence_bound
 from smoothcert.group_sequential import rejecting_counts
 from smoothcert.procedures import target_radius as tr
 
@@ -98,12 +96,7 @@ def futility(schedule, certifying, project: float = tr.PROJECTION_LEVEL) -> np.n
         if k == len(schedule) - 1 or not later:
             abstain.append(min(n, certifying[k] - 1))
             continue
-
-        def hopeful(c, n=n, later=later):
-            u = upper_confidence_bound(c, n, project)
-            return any(c + math.floor(u * (m - n)) >= need for need, m in later)
-
-        abstain.append(min(tg.least(hopeful, n) - 1, certifying[k] - 1))
+        abstain.append(min(tg.projected_futility(n, later, project), certifying[k] - 1))
     return np.array(abstain)
 
 

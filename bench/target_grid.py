@@ -169,14 +169,21 @@ def thresholds_from_rules(schedule, levels, target, sigma, project: float = 0.0,
                         n) - 1 if early else -1  # fmt: skip
         bound = min(n, max(futile, dropped))
         if project and later:
-
-            def hopeful(c, n=n, later=later):
-                u = upper_confidence_bound(c, n, project)
-                return any(c + math.floor(u * (m - n)) >= need for need, m in later)
-
-            bound = max(bound, least(hopeful, n) - 1)
+            bound = max(bound, projected_futility(n, later, project))
         abst.append(min(bound, cert[k] - 1))
     return np.array(cert), np.array(abst)
+
+
+def projected_futility(n: int, later, project: float) -> int:
+    """The largest count of n that abstains under projected futility: no later look (need, m)
+    of ``later`` certifies even with the further m - n votes at U, the upper bound on p_A at
+    level ``project``."""
+
+    def hopeful(c):
+        u = upper_confidence_bound(c, n, project)
+        return any(c + math.floor(u * (m - n)) >= need for need, m in later)
+
+    return least(hopeful, n) - 1
 
 
 def thresholds_from_implementation(schedule, target, sigma, version: int = 4):
