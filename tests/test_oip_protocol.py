@@ -201,6 +201,27 @@ def test_the_metadata_shape_and_the_model_shape_both_certify_alike_with_one_chan
         assert record_of(answer)["input"]["shape"] == list(LINEAR_SHAPE)
 
 
+@pytest.mark.parametrize("alpha", [0.001, 1e-300, 5e-324])
+def test_target_radius_certificates_verify_on_every_door(oip_server, alpha):
+    """A target-radius certificate (format v4's exact counts) over native gRPC, OIP gRPC and
+    OIP REST: one result type, so the same kind of answer with a record that recomputes, at
+    alphas down to the smallest float (where alpha split over the looks underflows, which once
+    raised in the schedule, and where the exact counts fall back to v3's)."""
+    from smoothcert.verify import recompute
+    from smoothserve_client import SmoothServeClient
+
+    options = {"procedure": "target_radius", "target_radius": 0.25, "n": 20_000, "alpha": alpha}
+    with SmoothServeClient(oip_server.address) as client:
+        native = json.loads(client.predict("linear", X, **options).record)
+    records = [native] + [record_of(infer(oip_server, LINEAR_SHAPE, **options))
+                          for infer in (grpc_infer, http_infer)]  # fmt: skip
+    for record in records:
+        assert record["format"] == "smoothserve.certificate.v4"
+        assert record["procedure"] == "target_radius" and record["alpha"] == alpha
+        assert recompute(record) == [], record
+    assert {r["abstain"] for r in records} == {False}  # certified: X lies at 0.5, 2 sigma
+
+
 def test_a_batch_of_two_is_refused_saying_one_input_per_request(oip_server):
     two = np.stack([X, X])
     tensor = triton_grpc.InferInput("input", list(two.shape), "FP32")
