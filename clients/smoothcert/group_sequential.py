@@ -22,7 +22,7 @@ from scipy.stats import binom
 
 # The spending budget is shaved by this fraction, far above the rounding of the recursion's
 # sums (all terms are nonnegative, so a sum of m terms is within about m ulps of its exact
-# value: 1e-10 relative even at a million entries; at 10^7 samples they hold about 30,000).
+# value: 1e-10 relative even at a million entries; at 10^7 samples they hold about 20,000).
 MARGIN = 1e-6
 # Each look's new draws, and the distribution of the votes lost so far, are cut where their tails
 # hold less than alpha * TAIL; the cut mass is counted as rejected, which only overstates the
